@@ -1,0 +1,28 @@
+# Two commands for a fresh machine: `make pretrain` and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+OUTPUT ?= outputs/minibert-default
+
+.PHONY: setup test pretrain bench clean
+
+setup: $(STAMP)
+
+# torch is pinned and installed first: the pinned CPU wheel lies on this machine's disk,
+# while an unpinned torch would pull a multi-GB CUDA build.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+pretrain: $(STAMP)
+	@echo "make pretrain: not yet (the training issue adds it)"
+
+clean:
+	rm -rf $(VENV) outputs
