@@ -1,0 +1,41 @@
+"""Small helpers shared by the command-line scripts.
+
+``fail(message)`` prints ``error: message`` on stderr and exits (code 2 = bad input).
+``run_cli(main)`` runs a script's ``main`` and turns a :class:`~minibert_hf.errors.UserError` (or a plain
+``FileNotFoundError``/``IsADirectoryError``/``PermissionError`` about a user path) into that one line, with no
+traceback. Other exceptions are bugs and keep their traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, NoReturn
+
+from .errors import UserError
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """Print one line ``error: <message>`` to stderr and exit with ``code``."""
+    line = " ".join(str(message).split())
+    print(f"error: {line}", file=sys.stderr, flush=True)
+    raise SystemExit(code)
+
+
+def run_cli(main: Callable[..., object], *args, **kwargs) -> object:
+    """Call ``main(*args, **kwargs)``; bad input ends the process with one line on stderr and exit code 2.
+
+    If ``main`` returns an int, it becomes the exit code.
+    """
+    try:
+        result = main(*args, **kwargs)
+    except UserError as error:
+        fail(str(error), code=2)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError) as error:
+        path = getattr(error, "filename", None)
+        reason = error.strerror or error.__class__.__name__
+        fail(f"{path}: {reason}" if path else str(error), code=2)
+    except KeyboardInterrupt:
+        fail("interrupted", code=130)
+    if isinstance(result, int) and not isinstance(result, bool):
+        raise SystemExit(result)
+    return result
