@@ -1,0 +1,119 @@
+"""Configuration of MiniBERT, a small BERT pretrained with masked-language modelling and next-sentence prediction.
+
+The field names are those of Hugging Face's ``BertConfig``. The course lab's names are accepted as aliases:
+``MiniBertConfig(d_model=10, n_layers=2, heads=2, dropout=0.1)`` is the lab's "baby" BERT.
+"""
+
+from transformers import PretrainedConfig
+
+# Named sizes. "baby" is the course lab's model; "mini" is the project's default (about ten CPU-minutes of
+# pretraining learns something real); "small" is the benchmark size; "tiny" keeps the test suite fast.
+PRESETS = {
+    "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                 max_position_embeddings=128),
+    "baby": dict(hidden_size=10, num_hidden_layers=2, num_attention_heads=2, intermediate_size=2048,
+                 hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, max_position_embeddings=512,
+                 position_embedding_type="sinusoidal"),
+    "mini": dict(),  # the class defaults below
+    "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
+                  max_position_embeddings=512),
+}
+
+POSITION_EMBEDDING_TYPES = ("learned", "sinusoidal")
+
+# The code files travel with every checkpoint; this map tells the Auto classes where each class lives.
+AUTO_MAP = {
+    "AutoConfig": "configuration_minibert.MiniBertConfig",
+    "AutoModel": "modeling_minibert.MiniBertModel",
+    "AutoModelForPreTraining": "modeling_minibert.MiniBertForPreTraining",
+    "AutoModelForMaskedLM": "modeling_minibert.MiniBertForMaskedLM",
+    "AutoModelForSequenceClassification": "modeling_minibert.MiniBertForSequenceClassification",
+}
+
+
+class MiniBertConfig(PretrainedConfig):
+    """Hyperparameters of a MiniBERT model (defaults: the "mini" preset with a 8192-word vocabulary)."""
+
+    model_type = "minibert"
+    # Read-only aliases in the course lab's words: config.d_model == config.hidden_size, and so on.
+    attribute_map = {"d_model": "hidden_size", "n_layers": "num_hidden_layers", "heads": "num_attention_heads"}
+
+    def __init__(
+        self,
+        vocab_size=8192,
+        hidden_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=512,
+        hidden_act="gelu",
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+        max_position_embeddings=128,
+        type_vocab_size=2,
+        position_embedding_type="learned",
+        layer_norm_eps=1e-12,
+        initializer_range=0.02,
+        pad_token_id=0,
+        tie_word_embeddings=True,
+        classifier_dropout=None,
+        **kwargs,
+    ):
+        # The course lab's argument names.
+        hidden_size = kwargs.pop("d_model", hidden_size)
+        num_hidden_layers = kwargs.pop("n_layers", num_hidden_layers)
+        num_attention_heads = kwargs.pop("heads", num_attention_heads)
+        if "dropout" in kwargs:
+            hidden_dropout_prob = attention_probs_dropout_prob = kwargs.pop("dropout")
+
+        self.vocab_size = vocab_size
+        self.hidden_size = hidden_size
+        self.num_hidden_layers = num_hidden_layers
+        self.num_attention_heads = num_attention_heads
+        self.intermediate_size = intermediate_size
+        self.hidden_act = hidden_act
+        self.hidden_dropout_prob = hidden_dropout_prob
+        self.attention_probs_dropout_prob = attention_probs_dropout_prob
+        self.max_position_embeddings = max_position_embeddings
+        self.type_vocab_size = type_vocab_size
+        self.position_embedding_type = position_embedding_type
+        self.layer_norm_eps = layer_norm_eps
+        self.initializer_range = initializer_range
+        self.pad_token_id = pad_token_id
+        self.tie_word_embeddings = tie_word_embeddings
+        self.classifier_dropout = classifier_dropout
+        kwargs.setdefault("auto_map", dict(AUTO_MAP))
+        super().__init__(**kwargs)
+        self._check()
+
+    def _check(self):
+        """Raise a ValueError naming the first field that cannot make a working model."""
+        for field in ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                      "max_position_embeddings", "type_vocab_size"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"MiniBertConfig.{field} must be a positive integer, got {value!r}")
+        if self.vocab_size < 5:
+            raise ValueError(f"MiniBertConfig.vocab_size must be at least 5 (the special tokens "
+                             f"[PAD] [CLS] [SEP] [MASK] [UNK]), got {self.vocab_size}")
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(f"MiniBertConfig.hidden_size ({self.hidden_size}) must be divisible by "
+                             f"num_attention_heads ({self.num_attention_heads})")
+        if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
+            raise ValueError(f"MiniBertConfig.position_embedding_type must be one of {POSITION_EMBEDDING_TYPES}, "
+                             f"got {self.position_embedding_type!r}")
+        if self.position_embedding_type == "sinusoidal" and self.hidden_size % 2:
+            raise ValueError(f"MiniBertConfig.hidden_size must be even for sinusoidal positions, got {self.hidden_size}")
+        for field in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            value = getattr(self, field)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"MiniBertConfig.{field} must be in [0, 1), got {value!r}")
+        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"MiniBertConfig.pad_token_id must be inside the vocabulary "
+                             f"[0, {self.vocab_size}), got {self.pad_token_id}")
+
+    @classmethod
+    def from_preset(cls, name, **overrides):
+        """A config of the named size ("tiny", "baby", "mini", "small"); keyword arguments override fields."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; choose one of: {', '.join(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})

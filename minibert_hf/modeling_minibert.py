@@ -1,0 +1,319 @@
+"""MiniBERT: a small BERT for masked-language modelling (MLM) and next-sentence prediction (NSP).
+
+Read top to bottom: embeddings, one encoder layer, the encoder model, then the heads. Batches follow Hugging Face
+BERT conventions, batch first:
+
+    input_ids        (batch, seq)  token ids, 0 = [PAD]
+    token_type_ids   (batch, seq)  0 = sentence A (with [CLS] and its [SEP]), 1 = sentence B
+    attention_mask   (batch, seq)  1 = real token, 0 = padding
+    labels           (batch, seq)  MLM target id, -100 = not a target
+    next_sentence_label (batch,)   0 = B follows A, 1 = B is a random sentence
+
+This file travels with every checkpoint, so it imports only torch, transformers and its configuration.
+"""
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.activations import ACT2FN
+from transformers.modeling_outputs import BaseModelOutputWithPooling, MaskedLMOutput, SequenceClassifierOutput
+from transformers.utils import ModelOutput
+
+from .configuration_minibert import MiniBertConfig
+
+
+def sinusoidal_positions(position_ids, dim):
+    """Fixed position vectors of "Attention Is All You Need": sin on even features, cos on odd ones.
+
+    position_ids (..., seq) -> (..., seq, dim). Computed on the fly: there is nothing to learn or to save.
+    """
+    frequencies = torch.exp(torch.arange(0, dim, 2, device=position_ids.device) * (-math.log(10000.0) / dim))
+    angles = position_ids.unsqueeze(-1).float() * frequencies  # (..., seq, dim / 2)
+    return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # interleave: sin, cos, sin, cos, ...
+
+
+class MiniBertEmbeddings(nn.Module):
+    """Token + position + segment embeddings, then LayerNorm and dropout (each added once)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        if config.position_embedding_type == "learned":
+            self.position_embeddings = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.token_type_embeddings = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.config = config
+
+    def forward(self, input_ids, token_type_ids=None, position_ids=None):
+        seq_length = input_ids.shape[1]
+        if seq_length > self.config.max_position_embeddings:
+            raise ValueError(f"sequence length {seq_length} exceeds max_position_embeddings "
+                             f"({self.config.max_position_embeddings}) of this model")
+        if position_ids is None:
+            position_ids = torch.arange(seq_length, device=input_ids.device).unsqueeze(0)  # (1, seq)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        if self.config.position_embedding_type == "learned":
+            positions = self.position_embeddings(position_ids)
+        else:
+            positions = sinusoidal_positions(position_ids, self.config.hidden_size)
+        embeddings = self.word_embeddings(input_ids) + positions + self.token_type_embeddings(token_type_ids)
+        return self.dropout(self.LayerNorm(embeddings))  # (batch, seq, hidden)
+
+
+class MiniBertSelfAttention(nn.Module):
+    """Multi-head self-attention with one fused query/key/value projection."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.dropout_prob = config.attention_probs_dropout_prob
+
+    def forward(self, hidden_states, mask=None, output_attentions=False):
+        """hidden_states (batch, seq, hidden); mask (batch, 1, 1, seq) bool, True = may be attended to."""
+        batch, seq, hidden = hidden_states.shape
+        qkv = self.qkv(hidden_states).view(batch, seq, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each (batch, heads, seq, head_dim)
+        dropout_prob = self.dropout_prob if self.training else 0.0
+        if output_attentions:
+            # The explicit computation, only when the attention weights themselves are asked for.
+            scores = query @ key.transpose(-1, -2) / math.sqrt(self.head_dim)  # (batch, heads, seq, seq)
+            if mask is not None:
+                scores = scores.masked_fill(~mask, float("-inf"))
+            weights = scores.softmax(dim=-1)
+            context = F.dropout(weights, dropout_prob, self.training) @ value
+        else:
+            weights = None
+            context = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout_prob)
+        return context.transpose(1, 2).reshape(batch, seq, hidden), weights
+
+
+class MiniBertLayer(nn.Module):
+    """One post-LayerNorm encoder block, as in BERT: attention, add & norm, feed-forward, add & norm."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.attention = MiniBertSelfAttention(config)
+        self.attention_output = nn.Linear(config.hidden_size, config.hidden_size)
+        self.attention_LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.intermediate = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.activation = ACT2FN[config.hidden_act]
+        self.output = nn.Linear(config.intermediate_size, config.hidden_size)
+        self.output_LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, hidden_states, mask=None, output_attentions=False):
+        context, weights = self.attention(hidden_states, mask, output_attentions)
+        hidden_states = self.attention_LayerNorm(hidden_states + self.dropout(self.attention_output(context)))
+        feed_forward = self.output(self.activation(self.intermediate(hidden_states)))
+        hidden_states = self.output_LayerNorm(hidden_states + self.dropout(feed_forward))
+        return hidden_states, weights
+
+
+class MiniBertPreTrainedModel(PreTrainedModel):
+    """Weight initialisation and loading/saving shared by every MiniBERT model."""
+
+    config_class = MiniBertConfig
+    base_model_prefix = "minibert"
+    # Transformers' defaults initialise our layers as BERT does: Linear and Embedding weights ~ N(0,
+    # initializer_range), biases 0, the [PAD] embedding 0, LayerNorm weight 1 and bias 0.
+
+
+class MiniBertModel(MiniBertPreTrainedModel):
+    """The encoder: embeddings and a stack of layers. Returns every token's vector and the [CLS] vector."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.embeddings = MiniBertEmbeddings(config)
+        self.layers = nn.ModuleList(MiniBertLayer(config) for _ in range(config.num_hidden_layers))
+        self.post_init()
+
+    def get_input_embeddings(self):
+        return self.embeddings.word_embeddings
+
+    def set_input_embeddings(self, value):
+        self.embeddings.word_embeddings = value
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+
+        # Padding keys are hidden from every query; without padding the mask is dropped (faster attention).
+        mask = None
+        if attention_mask is not None and not bool(attention_mask.all()):
+            mask = attention_mask.bool()[:, None, None, :]  # (batch, 1, 1, seq)
+
+        hidden_states = self.embeddings(input_ids, token_type_ids, position_ids)  # (batch, seq, hidden)
+        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        all_attentions = () if output_attentions else None
+        for layer in self.layers:
+            hidden_states, weights = layer(hidden_states, mask, output_attentions)
+            if output_hidden_states:
+                all_hidden_states += (hidden_states,)
+            if output_attentions:
+                all_attentions += (weights,)
+
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=hidden_states,
+            pooler_output=hidden_states[:, 0],  # the [CLS] vector, (batch, hidden)
+            hidden_states=all_hidden_states,
+            attentions=all_attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class MiniBertLMHead(nn.Module):
+    """Hidden vector -> a score for every word: dense + activation + LayerNorm, then the decoder.
+
+    The decoder's weight is the word-embedding matrix itself (tied), so only its bias is the head's own.
+    """
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.activation = ACT2FN[config.hidden_act]
+        self.LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoder = nn.Linear(config.hidden_size, config.vocab_size)
+
+    def forward(self, hidden_states):  # (..., hidden) -> (..., vocab)
+        return self.decoder(self.LayerNorm(self.activation(self.dense(hidden_states))))
+
+
+@dataclass
+class MiniBertForPreTrainingOutput(ModelOutput):
+    """The outputs of `BertForPreTraining`, plus the two parts of the loss.
+
+    With `labels`, `prediction_logits` holds only the target positions: shape (num_targets, vocab), one row per
+    `labels != -100` in row-major order, i.e. aligned with `labels[labels != -100]`. Without, (batch, seq, vocab).
+    """
+
+    loss: torch.FloatTensor | None = None
+    mlm_loss: torch.FloatTensor | None = None
+    nsp_loss: torch.FloatTensor | None = None
+    prediction_logits: torch.FloatTensor | None = None
+    seq_relationship_logits: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
+
+
+class MiniBertForPreTraining(MiniBertPreTrainedModel):
+    """The encoder with both pretraining heads: MLM over the vocabulary and NSP on the [CLS] vector."""
+
+    _tied_weights_keys = {"lm_head.decoder.weight": "minibert.embeddings.word_embeddings.weight"}
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.minibert = MiniBertModel(config)
+        self.lm_head = MiniBertLMHead(config)
+        self.nsp_head = nn.Linear(config.hidden_size, 2)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head.decoder = new_embeddings
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
+                next_sentence_label=None, output_attentions=None, output_hidden_states=None, return_dict=None,
+                **kwargs):
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        encoded = self.minibert(input_ids, attention_mask, token_type_ids, position_ids,
+                                output_attentions, output_hidden_states, return_dict=True)
+        sequence_output = encoded.last_hidden_state  # (batch, seq, hidden)
+        seq_relationship_logits = self.nsp_head(encoded.pooler_output)  # (batch, 2)
+
+        mlm_loss = nsp_loss = None
+        if labels is not None:
+            # Sparse prediction: the vocabulary projection, most of a small BERT's compute, runs on targets only.
+            targets = labels != -100  # (batch, seq)
+            prediction_logits = self.lm_head(sequence_output[targets])  # (num_targets, vocab)
+            target_ids = labels[targets]  # (num_targets,)
+            # The mean over targets; a batch without targets contributes 0 rather than NaN.
+            mlm_loss = F.cross_entropy(prediction_logits.float(), target_ids, reduction="sum")
+            mlm_loss = mlm_loss / max(target_ids.numel(), 1)
+        else:
+            prediction_logits = self.lm_head(sequence_output)  # (batch, seq, vocab)
+        if next_sentence_label is not None:
+            nsp_loss = F.cross_entropy(seq_relationship_logits.float(), next_sentence_label.view(-1))
+
+        parts = [part for part in (mlm_loss, nsp_loss) if part is not None]
+        output = MiniBertForPreTrainingOutput(
+            loss=sum(parts) if parts else None,
+            mlm_loss=mlm_loss,
+            nsp_loss=nsp_loss,
+            prediction_logits=prediction_logits,
+            seq_relationship_logits=seq_relationship_logits,
+            hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class MiniBertForMaskedLM(MiniBertPreTrainedModel):
+    """The encoder with the MLM head only; what `pipeline("fill-mask")` uses. Full logits, always."""
+
+    _tied_weights_keys = {"lm_head.decoder.weight": "minibert.embeddings.word_embeddings.weight"}
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.minibert = MiniBertModel(config)
+        self.lm_head = MiniBertLMHead(config)
+        self.post_init()
+
+    def get_output_embeddings(self):
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head.decoder = new_embeddings
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        encoded = self.minibert(input_ids, attention_mask, token_type_ids, position_ids,
+                                output_attentions, output_hidden_states, return_dict=True)
+        logits = self.lm_head(encoded.last_hidden_state)  # (batch, seq, vocab)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        output = MaskedLMOutput(loss=loss, logits=logits, hidden_states=encoded.hidden_states,
+                                attentions=encoded.attentions)
+        return output if return_dict else output.to_tuple()
+
+
+class MiniBertForSequenceClassification(MiniBertPreTrainedModel):
+    """The encoder with a linear classifier on the [CLS] vector, for fine-tuning (config.num_labels classes)."""
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.minibert = MiniBertModel(config)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        encoded = self.minibert(input_ids, attention_mask, token_type_ids, position_ids,
+                                output_attentions, output_hidden_states, return_dict=True)
+        logits = self.classifier(self.dropout(encoded.pooler_output))  # (batch, num_labels)
+        loss = None
+        if labels is not None:
+            if self.config.num_labels == 1:  # regression
+                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
+            else:
+                loss = F.cross_entropy(logits.float(), labels.view(-1))
+        output = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=encoded.hidden_states,
+                                          attentions=encoded.attentions)
+        return output if return_dict else output.to_tuple()

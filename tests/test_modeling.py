@@ -1,0 +1,330 @@
+"""The model package: config, parity of the fast paths with plain references, saving, and remote-code loading."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForPreTraining
+
+from minibert_hf import (
+    PRESETS,
+    MiniBertConfig,
+    MiniBertForMaskedLM,
+    MiniBertForPreTraining,
+    MiniBertForSequenceClassification,
+    MiniBertModel,
+)
+
+VOCAB = 97
+
+
+def make_batch(batch=4, seq=16, vocab=VOCAB, seed=0):
+    """A batch shaped like real pretraining rows: [CLS] A [SEP] B [SEP], right-padded, ~15% targets."""
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.tensor([seq, seq - 5, seq - 2, 7][:batch])
+    input_ids = torch.randint(5, vocab, (batch, seq), generator=g)
+    attention_mask = (torch.arange(seq)[None] < lengths[:, None]).long()
+    token_type_ids = torch.zeros_like(input_ids)
+    for row, length in enumerate(lengths.tolist()):
+        half = length // 2
+        input_ids[row, 0], input_ids[row, half], input_ids[row, length - 1] = 1, 2, 2
+        token_type_ids[row, half + 1:length] = 1
+    input_ids[attention_mask == 0] = 0
+    token_type_ids[attention_mask == 0] = 0
+    is_target = (torch.rand(batch, seq, generator=g) < 0.2) & (input_ids > 4)
+    is_target[:, 1] = True  # at least one target per row
+    labels = torch.where(is_target, input_ids, torch.tensor(-100))
+    input_ids = torch.where(is_target, torch.tensor(3), input_ids)
+    next_sentence_label = torch.randint(0, 2, (batch,), generator=g)
+    return dict(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                labels=labels, next_sentence_label=next_sentence_label)
+
+
+def tiny_model(cls=MiniBertForPreTraining, seed=0, **overrides):
+    torch.manual_seed(seed)
+    model = cls(MiniBertConfig.from_preset("tiny", vocab_size=VOCAB, **overrides))
+    return model.eval()
+
+
+# ----------------------------------------------------------------------------------------------------- config
+
+
+def test_seed_aliases_give_hf_fields():
+    config = MiniBertConfig(d_model=10, n_layers=2, heads=2, dropout=0.1)
+    assert (config.hidden_size, config.num_hidden_layers, config.num_attention_heads) == (10, 2, 2)
+    assert config.hidden_dropout_prob == config.attention_probs_dropout_prob == 0.1
+    assert (config.d_model, config.n_layers, config.heads) == (10, 2, 2)
+
+
+def test_presets():
+    baby = MiniBertConfig.from_preset("baby", vocab_size=300)
+    assert (baby.hidden_size, baby.num_hidden_layers, baby.num_attention_heads) == (10, 2, 2)
+    assert baby.intermediate_size == 2048 and baby.hidden_dropout_prob == 0.1
+    assert baby.position_embedding_type == "sinusoidal" and baby.vocab_size == 300
+    mini, small = MiniBertConfig.from_preset("mini"), MiniBertConfig.from_preset("small")
+    assert mini.hidden_size < small.hidden_size
+    assert {"baby", "mini", "small", "tiny"} <= set(PRESETS)
+    with pytest.raises(ValueError, match="unknown preset 'huge'.*baby"):
+        MiniBertConfig.from_preset("huge")
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    (dict(hidden_size=30, num_attention_heads=4), "hidden_size"),
+    (dict(vocab_size=4), "vocab_size"),
+    (dict(position_embedding_type="rotary"), "position_embedding_type"),
+    (dict(num_hidden_layers=0), "num_hidden_layers"),
+    (dict(hidden_dropout_prob=1.5), "hidden_dropout_prob"),
+])
+def test_invalid_config_names_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=f"MiniBertConfig.{field}"):
+        MiniBertConfig(**kwargs)
+
+
+def test_config_round_trip(tmp_path):
+    config = MiniBertConfig.from_preset("baby", vocab_size=123)
+    config.save_pretrained(tmp_path)
+    loaded = AutoConfig.from_pretrained(tmp_path)
+    assert type(loaded) is MiniBertConfig and loaded.model_type == "minibert"
+    ignore = {"_name_or_path"}
+    assert {k: v for k, v in loaded.to_dict().items() if k not in ignore} == \
+        {k: v for k, v in config.to_dict().items() if k not in ignore}
+
+
+# ------------------------------------------------------------------------------------------------ the model
+
+
+def test_sparse_mlm_loss_equals_dense_cross_entropy():
+    model = tiny_model()
+    batch = make_batch()
+    sparse = model(**batch)
+    dense = model(**{k: v for k, v in batch.items() if k != "labels"})
+    assert dense.prediction_logits.shape == (4, 16, VOCAB)
+    targets = batch["labels"] != -100
+    assert sparse.prediction_logits.shape == (int(targets.sum()), VOCAB)
+    torch.testing.assert_close(sparse.prediction_logits, dense.prediction_logits[targets], atol=1e-4, rtol=0)
+    dense_mlm = F.cross_entropy(dense.prediction_logits.flatten(0, 1), batch["labels"].flatten(), ignore_index=-100)
+    dense_nsp = F.cross_entropy(dense.seq_relationship_logits, batch["next_sentence_label"])
+    assert abs(sparse.mlm_loss.item() - dense_mlm.item()) < 1e-4
+    assert abs(sparse.nsp_loss.item() - dense_nsp.item()) < 1e-4
+    assert abs(sparse.loss.item() - (dense_mlm + dense_nsp).item()) < 1e-4
+    # The masked-LM model computes the same loss the dense way.
+    mlm_model = MiniBertForMaskedLM(model.config).eval()
+    mlm_model.load_state_dict(model.state_dict(), strict=False)
+    assert abs(mlm_model(**{k: v for k, v in batch.items() if k != "next_sentence_label"}).loss.item()
+               - dense_mlm.item()) < 1e-4
+
+
+def test_batch_without_targets_has_zero_mlm_loss():
+    model = tiny_model()
+    batch = make_batch()
+    batch["labels"].fill_(-100)
+    out = model(**batch)
+    assert out.mlm_loss.item() == 0.0 and torch.isfinite(out.loss)
+
+
+@pytest.mark.parametrize("position_embedding_type", ["learned", "sinusoidal"])
+def test_padding_does_not_change_real_positions(position_embedding_type):
+    model = tiny_model(position_embedding_type=position_embedding_type)
+    batch = make_batch()
+    row, length = 1, int(batch["attention_mask"][1].sum())
+    padded = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                   token_type_ids=batch["token_type_ids"])
+    alone = model(input_ids=batch["input_ids"][row:row + 1, :length],
+                  token_type_ids=batch["token_type_ids"][row:row + 1, :length])
+    torch.testing.assert_close(padded.prediction_logits[row, :length], alone.prediction_logits[0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(padded.seq_relationship_logits[row], alone.seq_relationship_logits[0],
+                               atol=1e-4, rtol=0)
+
+
+def reference_attention(attention, hidden_states, attention_mask):
+    """Plain softmax attention written from the weights, head by head: the textbook formula."""
+    heads, head_dim = attention.num_heads, attention.head_dim
+    query, key, value = attention.qkv(hidden_states).split(heads * head_dim, dim=-1)
+    outputs = []
+    for h in range(heads):
+        part = slice(h * head_dim, (h + 1) * head_dim)
+        scores = query[..., part] @ key[..., part].transpose(1, 2) / head_dim ** 0.5  # (batch, seq, seq)
+        scores = scores + (1.0 - attention_mask[:, None, :].float()) * -1e9
+        outputs.append(torch.softmax(scores, dim=-1) @ value[..., part])
+    return torch.cat(outputs, dim=-1)
+
+
+def test_sdpa_matches_plain_softmax_attention():
+    model = tiny_model(MiniBertModel)
+    batch = make_batch()
+    hidden = model.embeddings(batch["input_ids"], batch["token_type_ids"])
+    mask = batch["attention_mask"].bool()[:, None, None, :]
+    attention = model.layers[0].attention
+    fast, no_weights = attention(hidden, mask)
+    explicit, weights = attention(hidden, mask, output_attentions=True)
+    reference = reference_attention(attention, hidden, batch["attention_mask"])
+    real = batch["attention_mask"].bool()
+    assert no_weights is None and weights.shape == (4, 2, 16, 16)
+    torch.testing.assert_close(fast[real], reference[real], atol=1e-5, rtol=0)
+    torch.testing.assert_close(explicit[real], reference[real], atol=1e-5, rtol=0)
+    # Padding keys get no attention.
+    assert weights[1, :, :, int(real[1].sum()):].abs().max() == 0
+    # The whole model agrees with itself whether or not attention weights are requested.
+    a = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")})
+    b = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}, output_attentions=True,
+              output_hidden_states=True)
+    torch.testing.assert_close(a.last_hidden_state[real], b.last_hidden_state[real], atol=1e-5, rtol=0)
+    assert len(b.attentions) == 2 and len(b.hidden_states) == 3
+    torch.testing.assert_close(b.pooler_output, b.last_hidden_state[:, 0])
+
+
+def test_token_embedding_is_added_once():
+    model = tiny_model(MiniBertModel)
+    emb = model.embeddings
+    ids = torch.tensor([[1, 9, 10, 2]])
+    expected = emb.LayerNorm(emb.word_embeddings(ids) + emb.position_embeddings(torch.arange(4))[None]
+                             + emb.token_type_embeddings(torch.zeros_like(ids)))
+    torch.testing.assert_close(emb(ids), expected)
+
+
+def test_too_long_input_is_a_clear_error():
+    model = tiny_model()
+    with pytest.raises(ValueError, match="exceeds max_position_embeddings"):
+        model(torch.ones(1, 129, dtype=torch.long))
+
+
+def test_tuple_outputs_and_kwargs():
+    model = tiny_model()
+    batch = make_batch()
+    as_tuple = model(**batch, return_dict=False, some_unused_kwarg=True)
+    as_dict = model(**batch)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], as_dict.loss)
+    position_ids = torch.arange(16).expand(4, 16)
+    torch.testing.assert_close(model(**batch, position_ids=position_ids).loss, as_dict.loss)
+
+
+def test_gradient_reaches_every_parameter():
+    model = tiny_model().train()
+    model(**make_batch()).loss.backward()
+    for name, parameter in model.named_parameters():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    assert model.lm_head.decoder.weight is model.minibert.embeddings.word_embeddings.weight
+
+
+def test_sequence_classification_learns_a_separable_task():
+    torch.manual_seed(0)
+    model = MiniBertForSequenceClassification(MiniBertConfig.from_preset("tiny", vocab_size=VOCAB, num_labels=2))
+    ids = torch.randint(5, VOCAB, (16, 8))
+    labels = torch.arange(16) % 2
+    ids[:, 1] = 10 + labels  # the class is written in token 1
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    for _ in range(40):
+        loss = model(ids, labels=labels).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.eval()
+    assert (model(ids).logits.argmax(-1) == labels).all()
+
+
+# ------------------------------------------------------------------------------------------ saving and loading
+
+
+def test_save_pretrained_folder(tmp_path):
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    files = set(os.listdir(tmp_path))
+    assert {"config.json", "model.safetensors", "configuration_minibert.py", "modeling_minibert.py"} <= files
+    assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
+    config = json.loads((tmp_path / "config.json").read_text())
+    assert config["model_type"] == "minibert"
+    assert config["auto_map"] == {
+        "AutoConfig": "configuration_minibert.MiniBertConfig",
+        "AutoModel": "modeling_minibert.MiniBertModel",
+        "AutoModelForPreTraining": "modeling_minibert.MiniBertForPreTraining",
+        "AutoModelForMaskedLM": "modeling_minibert.MiniBertForMaskedLM",
+        "AutoModelForSequenceClassification": "modeling_minibert.MiniBertForSequenceClassification",
+    }
+    # The tied decoder is stored once.
+    assert "lm_head.decoder.weight" not in load_file(tmp_path / "model.safetensors")
+
+
+@pytest.mark.parametrize("position_embedding_type", ["learned", "sinusoidal"])
+def test_from_pretrained_reproduces_outputs_exactly(tmp_path, position_embedding_type):
+    model = tiny_model(position_embedding_type=position_embedding_type)
+    model.save_pretrained(tmp_path)
+    batch = make_batch()
+    for loaded in (MiniBertForPreTraining.from_pretrained(tmp_path), AutoModelForPreTraining.from_pretrained(tmp_path)):
+        assert type(loaded) is MiniBertForPreTraining
+        assert loaded.lm_head.decoder.weight is loaded.minibert.embeddings.word_embeddings.weight
+        assert torch.equal(loaded.eval()(**batch).prediction_logits, model(**batch).prediction_logits)
+    base = AutoModel.from_pretrained(tmp_path).eval()
+    assert type(base) is MiniBertModel
+    assert torch.equal(base(batch["input_ids"]).last_hidden_state, model.minibert(batch["input_ids"]).last_hidden_state)
+    masked_lm = AutoModelForMaskedLM.from_pretrained(tmp_path).eval()
+    assert torch.equal(masked_lm(batch["input_ids"]).logits, model(batch["input_ids"]).prediction_logits)
+
+
+REMOTE_LOADER = textwrap.dedent("""
+    import importlib.abc, json, sys
+
+    class RefuseMiniBertHF(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "minibert_hf" or name.startswith("minibert_hf."):
+                raise ImportError("minibert_hf is blocked in this process")
+
+    sys.meta_path.insert(0, RefuseMiniBertHF())
+    try:
+        import minibert_hf
+        raise SystemExit("minibert_hf was importable")
+    except ImportError:
+        pass
+
+    import torch
+    from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForPreTraining
+
+    folder = sys.argv[1]
+    batch = torch.load(sys.argv[2], weights_only=True)
+    results = {}
+    for auto in (AutoModel, AutoModelForPreTraining, AutoModelForMaskedLM):
+        model = auto.from_pretrained(folder, trust_remote_code=True).eval()
+        with torch.no_grad():
+            out = model(**batch)
+        first = out.last_hidden_state if auto is AutoModel else out[0]
+        results[auto.__name__] = {"class": type(model).__name__, "module": type(model).__module__,
+                                  "values": first.flatten().tolist()}
+    results["leaked"] = sorted(name for name in sys.modules if name.startswith("minibert_hf"))
+    print(json.dumps(results))
+""")
+
+
+def test_checkpoint_loads_with_remote_code_without_the_package(tmp_path):
+    model = tiny_model(position_embedding_type="sinusoidal")
+    model.save_pretrained(tmp_path / "saved")
+    elsewhere = tmp_path / "elsewhere" / "checkpoint"
+    shutil.copytree(tmp_path / "saved", elsewhere)
+    batch = make_batch()
+    batch = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    torch.save(batch, tmp_path / "batch.pt")
+    (tmp_path / "load.py").write_text(REMOTE_LOADER)
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH",)}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
+    proc = subprocess.run([sys.executable, "-I", str(tmp_path / "load.py"), str(elsewhere), str(tmp_path / "batch.pt")],
+                          cwd=tmp_path / "elsewhere", env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert results["leaked"] == []
+    with torch.no_grad():
+        expected = {
+            "AutoModel": model.minibert(**batch).last_hidden_state,
+            "AutoModelForPreTraining": model(**batch).prediction_logits,
+            "AutoModelForMaskedLM": model(**batch).prediction_logits,
+        }
+    for name, tensor in expected.items():
+        assert "minibert_hf" not in results[name]["module"]
+        assert torch.equal(torch.tensor(results[name]["values"]), tensor.flatten()), name
+    assert results["AutoModelForPreTraining"]["class"] == "MiniBertForPreTraining"
+    assert results["AutoModelForMaskedLM"]["class"] == "MiniBertForMaskedLM"
