@@ -328,3 +328,55 @@ def test_checkpoint_loads_with_remote_code_without_the_package(tmp_path):
         assert torch.equal(torch.tensor(results[name]["values"]), tensor.flatten()), name
     assert results["AutoModelForPreTraining"]["class"] == "MiniBertForPreTraining"
     assert results["AutoModelForMaskedLM"]["class"] == "MiniBertForMaskedLM"
+
+
+IMPORT_WATCHER = textwrap.dedent("""
+    import builtins, importlib.util, json, os, socket, sys
+
+    sys.dont_write_bytecode = True  # Python's own .pyc cache is not the model code writing files
+    folder = sys.argv[1]
+    events = []
+    real_open = builtins.open
+
+    def watched_open(file, mode="r", *args, **kwargs):
+        if any(flag in mode for flag in "wax+"):
+            events.append(f"open {file} {mode}")
+        return real_open(file, mode, *args, **kwargs)
+
+    def no_network(*args, **kwargs):
+        events.append("socket")
+        raise OSError("network is not allowed while importing model code")
+
+    import torch, transformers  # the libraries may set themselves up; the model code may not
+    builtins.open = watched_open
+    socket.socket = no_network
+    socket.create_connection = no_network
+    before = sorted(os.listdir(folder))
+
+    # Import the two files as a package, the way transformers' remote-code loader does.
+    spec = importlib.util.spec_from_file_location("checkpoint_code", os.path.join(folder, "__init__.py"),
+                                                  submodule_search_locations=[folder])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["checkpoint_code"] = package
+    for name in ("configuration_minibert", "modeling_minibert"):
+        sub = importlib.util.spec_from_file_location(f"checkpoint_code.{name}", os.path.join(folder, name + ".py"))
+        module = importlib.util.module_from_spec(sub)
+        sys.modules[sub.name] = module
+        sub.loader.exec_module(module)
+    defined = sorted(n for n, v in vars(module).items() if isinstance(v, type) and v.__module__ == module.__name__)
+    print(json.dumps({"events": events, "changed": sorted(os.listdir(folder)) != before, "classes": defined}))
+""")
+
+
+def test_remote_code_only_defines_classes_at_import(tmp_path):
+    tiny_model().save_pretrained(tmp_path / "checkpoint")
+    (tmp_path / "checkpoint" / "__init__.py").write_text("")
+    (tmp_path / "watch.py").write_text(IMPORT_WATCHER)
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    env.pop("PYTHONPATH", None)
+    proc = subprocess.run([sys.executable, "-I", str(tmp_path / "watch.py"), str(tmp_path / "checkpoint")],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert report["events"] == [] and not report["changed"]
+    assert "MiniBertForPreTraining" in report["classes"]
