@@ -1,0 +1,753 @@
+"""Benchmark MiniBERT pretraining against transformers' BertForPreTraining on the same batches.
+
+What it measures, at the bench config (vocab 30522, hidden 256, 4 layers, 4 heads, FFN 1024, max positions 512,
+batch 32, rows of at most 128 tokens from the default corpus):
+
+* training step (forward, backward, gradient clipping at 1.0, AdamW step) of both models, alternating A/B after a
+  warm-up, on identical batches: median ms/step, real tokens/s, the median of the per-pair speed ratios, and the loss
+  of both models (same initial weights) on a fixed held-out batch after the same steps;
+* peak training memory: each model trains a few steps in a fresh subprocess; peak RSS minus the RSS before the
+  first step (so it covers activations, gradients and optimizer state, not the weights);
+* inference forward with full (batch, seq, vocab) logits: median ms and ratio (plus a logits parity check);
+* data preparation throughput (MB of raw text per second for ``prepare_pretraining_data``);
+* DataLoader + collate throughput (batches/s), static masks (``collate_batch``) and dynamic masks.
+
+Results are merged into ``OUTPUT/results.json`` under a run name (``fp32``, ``bf16``, ``fp32-compile``, ...), and
+``results.md`` (tables, machine, commands) and ``results.png`` (bar chart) are rebuilt from every run recorded there.
+
+    python scripts/bench.py                      # fp32, the default corpus prepared into the cache on first use
+    python scripts/bench.py --bf16               # bf16 autocast for both models
+    python scripts/bench.py --compile            # torch.compile both models
+    python scripts/bench.py --csv train.csv      # a prepared CSV instead of the default corpus
+
+The machine may be shared and noisy: the ratios are medians of A/B pairs measured back to back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # `python scripts/bench.py` from a checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+BENCH_CONFIG = dict(vocab_size=30522, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
+                    intermediate_size=1024, max_position_embeddings=512)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    data = p.add_argument_group("data")
+    data.add_argument("--csv", help="a prepared pretraining CSV to take batches from (default: the default corpus, "
+                                    "prepared into the cache on first use)")
+    data.add_argument("--text-files", nargs="+", help="prepare these text files instead of the default corpus")
+    data.add_argument("--data-dir", help="where the prepared bench data lives "
+                                         "(default: $MINIBERT_CACHE/bench-data-v<vocab>-l<max_seq_length>)")
+    data.add_argument("--no-prep-bench", action="store_true",
+                      help="do not time a data preparation when the prepared data already exists")
+    data.add_argument("--loader-batches", type=int, default=200,
+                      help="batches to draw when timing DataLoader + collate")
+    model = p.add_argument_group("model (defaults: the bench config)")
+    model.add_argument("--vocab-size", type=int, default=BENCH_CONFIG["vocab_size"])
+    model.add_argument("--hidden-size", type=int, default=BENCH_CONFIG["hidden_size"])
+    model.add_argument("--num-layers", type=int, default=BENCH_CONFIG["num_hidden_layers"])
+    model.add_argument("--num-heads", type=int, default=BENCH_CONFIG["num_attention_heads"])
+    model.add_argument("--intermediate-size", type=int, default=BENCH_CONFIG["intermediate_size"])
+    model.add_argument("--max-position-embeddings", type=int, default=BENCH_CONFIG["max_position_embeddings"])
+    model.add_argument("--batch-size", type=int, default=32)
+    model.add_argument("--max-seq-length", type=int, default=128)
+    run = p.add_argument_group("run")
+    run.add_argument("--steps", type=int, default=20, help="measured training steps per model (A/B alternating)")
+    run.add_argument("--warmup", type=int, default=3, help="unmeasured training steps per model first")
+    run.add_argument("--inference-steps", type=int, default=None, help="measured forwards per model "
+                                                                       "(default: --steps)")
+    run.add_argument("--memory-steps", type=int, default=3, help="training steps in each memory subprocess")
+    run.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
+    run.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    run.add_argument("--bf16", action="store_true", help="bf16 autocast for both models")
+    run.add_argument("--compile", action="store_true", help="torch.compile both models")
+    run.add_argument("--learning-rate", type=float, default=1e-4)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--name", help="the run's name in results.json (default: from --bf16/--compile/--threads)")
+    run.add_argument("--output-dir", default="bench", help="where results.json/.md/.png go")
+    p.add_argument("--memory-child", choices=("ours", "hf"), help=argparse.SUPPRESS)
+    p.add_argument("--batches-file", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    for name in ("steps", "warmup", "batch_size", "max_seq_length", "loader_batches", "memory_steps"):
+        value = getattr(args, name)
+        if value < (0 if name == "warmup" else 1):
+            p.error(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'warmup' else 'positive'}, got {value}")
+    if args.threads is not None and args.threads < 1:
+        p.error(f"--threads must be positive, got {args.threads}")
+    if args.inference_steps is None:
+        args.inference_steps = args.steps
+    return args
+
+
+def run_name(args):
+    if args.name:
+        return args.name
+    name = "bf16" if args.bf16 else "fp32"
+    if args.compile:
+        name += "-compile"
+    if args.threads is not None:
+        name += f"-t{args.threads}"
+    return name
+
+
+# --------------------------------------------------------------------------------------------------
+# models
+# --------------------------------------------------------------------------------------------------
+
+
+def model_configs(args, vocab_size):
+    from transformers import BertConfig
+
+    from minibert_hf import MiniBertConfig
+
+    shape = dict(vocab_size=vocab_size, hidden_size=args.hidden_size, num_hidden_layers=args.num_layers,
+                 num_attention_heads=args.num_heads, intermediate_size=args.intermediate_size,
+                 max_position_embeddings=args.max_position_embeddings, type_vocab_size=2, hidden_act="gelu",
+                 hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, layer_norm_eps=1e-12,
+                 initializer_range=0.02, pad_token_id=0)
+    ours = MiniBertConfig(**shape)
+    hf = BertConfig(**shape)
+    hf._attn_implementation = "sdpa"
+    return ours, hf
+
+
+def build_models(args, vocab_size):
+    """Both models with the same initial weights (ours copied into HF's layout where the layouts match)."""
+    import torch
+    from transformers import BertForPreTraining
+
+    from minibert_hf import MiniBertForPreTraining
+
+    ours_config, hf_config = model_configs(args, vocab_size)
+    torch.manual_seed(args.seed)
+    ours = MiniBertForPreTraining(ours_config)
+    torch.manual_seed(args.seed)
+    hf = BertForPreTraining(hf_config)
+    copied = copy_weights(ours, hf)
+    return ours, hf, copied
+
+
+def copy_weights(ours, hf):
+    """Copy our weights into HF's BertForPreTraining (fused QKV split into query/key/value).
+
+    HF's NSP pooler (dense + tanh) has no counterpart in ours and keeps its own initialisation. Returns the list of
+    HF parameter names that were not copied (empty pooler aside when everything lines up).
+    """
+    import torch
+
+    src = ours.state_dict()
+    mapping = {}
+    prefix = "minibert."
+    mapping["bert.embeddings.word_embeddings.weight"] = src.get(prefix + "embeddings.word_embeddings.weight")
+    mapping["bert.embeddings.position_embeddings.weight"] = src.get(prefix + "embeddings.position_embeddings.weight")
+    mapping["bert.embeddings.token_type_embeddings.weight"] = src.get(
+        prefix + "embeddings.token_type_embeddings.weight")
+    for kind in ("weight", "bias"):
+        mapping[f"bert.embeddings.LayerNorm.{kind}"] = src.get(prefix + f"embeddings.LayerNorm.{kind}")
+        for i in range(ours.config.num_hidden_layers):
+            ours_layer, hf_layer = f"{prefix}layers.{i}.", f"bert.encoder.layer.{i}."
+            qkv = src.get(ours_layer + f"attention.qkv.{kind}")
+            if qkv is not None:
+                for name, part in zip(("query", "key", "value"), qkv.chunk(3, dim=0)):
+                    mapping[hf_layer + f"attention.self.{name}.{kind}"] = part
+            for hf_name, ours_name in (("attention.output.dense", "attention_output"),
+                                       ("attention.output.LayerNorm", "attention_LayerNorm"),
+                                       ("intermediate.dense", "intermediate"),
+                                       ("output.dense", "output"),
+                                       ("output.LayerNorm", "output_LayerNorm")):
+                mapping[hf_layer + f"{hf_name}.{kind}"] = src.get(ours_layer + f"{ours_name}.{kind}")
+        mapping[f"cls.predictions.transform.dense.{kind}"] = src.get(f"lm_head.dense.{kind}")
+        mapping[f"cls.predictions.transform.LayerNorm.{kind}"] = src.get(f"lm_head.LayerNorm.{kind}")
+        mapping[f"cls.seq_relationship.{kind}"] = src.get(f"nsp_head.{kind}")
+    mapping["cls.predictions.bias"] = src.get("lm_head.decoder.bias")
+    target = hf.state_dict()
+    not_copied = []
+    with torch.no_grad():
+        for name, tensor in target.items():
+            value = mapping.get(name)
+            if name == "cls.predictions.decoder.bias":
+                value = mapping.get("cls.predictions.bias")
+            if name == "cls.predictions.decoder.weight":
+                continue  # tied to the word embeddings
+            if value is None or value.shape != tensor.shape:
+                not_copied.append(name)
+                continue
+            tensor.copy_(value)
+    hf.tie_weights()
+    return not_copied
+
+
+def optimizer_for(model, lr):
+    import torch
+
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+
+
+def make_train_step(model, optimizer, bf16):
+    import torch
+
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def step(batch):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            output = model(**batch)
+        loss = output.loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+    return step
+
+
+def make_forward(model, bf16):
+    import torch
+
+    def forward(batch):
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            return model(**inputs).prediction_logits
+
+    return forward
+
+
+def eval_loss(model, batch, bf16):
+    import torch
+
+    was_training = model.training
+    model.eval()
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        output = model(**batch)
+    model.train(was_training)
+    return float(output.loss)
+
+
+def real_tokens(batch):
+    return int(batch["attention_mask"].sum())
+
+
+# --------------------------------------------------------------------------------------------------
+# data
+# --------------------------------------------------------------------------------------------------
+
+
+def write_corpus_text(documents, path):
+    """The default corpus as a text file (one paragraph per line, blank line between documents)."""
+    with open(path, "w", encoding="utf-8") as handle:
+        for document in documents:
+            handle.write("\n".join(document) + "\n\n")
+
+
+def prepare_data(args):
+    """Return (train_csv, prep_info). Prepares into the cache when needed; times one preparation."""
+    from minibert_hf.corpus import cache_dir
+    from minibert_hf.pretraining_data import prepare_pretraining_data
+
+    prep = None
+    if args.csv:
+        csv_path = Path(args.csv)
+        if not csv_path.is_file():
+            from minibert_hf.errors import MiniBertInputError
+
+            raise MiniBertInputError("no such file", file=str(csv_path))
+        data_dir = None
+    else:
+        data_dir = Path(args.data_dir) if args.data_dir else (
+            cache_dir() / f"bench-data-v{args.vocab_size}-l{args.max_seq_length}")
+        csv_path = data_dir / "train.csv"
+    need_prep = not csv_path.is_file()
+    if need_prep or not args.no_prep_bench:
+        with tempfile.TemporaryDirectory(prefix="minibert-bench-") as tmp:
+            text_files = args.text_files
+            if not text_files:
+                from minibert_hf.corpus import DEFAULT_CORPUS_INFO, default_corpus_documents
+
+                corpus_txt = Path(tmp) / "default_corpus.txt"
+                write_corpus_text(default_corpus_documents(), corpus_txt)
+                text_files = [str(corpus_txt)]
+                source_info = {k: DEFAULT_CORPUS_INFO[k] for k in ("name", "source", "license")}
+            else:
+                source_info = None
+            raw_bytes = sum(os.path.getsize(f) for f in text_files)
+            target = data_dir if need_prep and data_dir is not None else Path(tmp) / "prep"
+            started = time.perf_counter()
+            stats = prepare_pretraining_data(target, text_files=text_files, vocab_size=args.vocab_size,
+                                             max_seq_length=args.max_seq_length, seed=args.seed,
+                                             show_progress=False, source_info=source_info)
+            seconds = time.perf_counter() - started
+        prep = {
+            "raw_mb": round(raw_bytes / 1e6, 3),
+            "seconds": round(seconds, 3),
+            "mb_per_second": round(raw_bytes / 1e6 / seconds, 3),
+            "seconds_tokenizer": stats.get("seconds_tokenizer"),
+            "seconds_pairs": stats.get("seconds_pairs"),
+            "pairs": stats.get("pairs"),
+            "tokenizer_vocab_size": stats.get("vocab_size"),
+            "mean_row_length": stats.get("mean_row_length"),
+            "source": stats.get("corpus") or stats.get("source"),
+        }
+    return csv_path, prep
+
+
+def tokenizer_vocab_size(csv_path):
+    stats = csv_path.parent / "stats.json"
+    if stats.is_file():
+        try:
+            return json.loads(stats.read_text(encoding="utf-8")).get("vocab_size")
+        except (OSError, ValueError):
+            return None
+    return None
+
+
+def loader_for(dataset, args, collate_fn):
+    import torch
+    from torch.utils.data import DataLoader
+
+    generator = torch.Generator().manual_seed(args.seed)
+    return DataLoader(dataset, batch_size=args.batch_size, shuffle=True, generator=generator,
+                      collate_fn=collate_fn, drop_last=len(dataset) >= args.batch_size)
+
+
+def time_loader(dataset, args, collate_fn):
+    """Batches per second drawn from a fresh DataLoader (single process, as the training loop on CPU)."""
+    drawn, started = 0, time.perf_counter()
+    while drawn < args.loader_batches:
+        for _ in loader_for(dataset, args, collate_fn):
+            drawn += 1
+            if drawn >= args.loader_batches:
+                break
+    return drawn / (time.perf_counter() - started)
+
+
+# --------------------------------------------------------------------------------------------------
+# measurements
+# --------------------------------------------------------------------------------------------------
+
+
+def rss_bytes():
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def reset_peak_rss():
+    """Reset the kernel's high-water mark of this process's RSS (Linux >= 4.0); False when not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as handle:
+            handle.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_bytes():
+    """VmHWM (peak RSS since start or since reset_peak_rss), else ru_maxrss."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def memory_child(args):
+    """Run in a fresh process: train one model a few steps; print the peak RSS growth as JSON."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from transformers import BertForPreTraining
+
+    from minibert_hf import MiniBertForPreTraining
+
+    batches = torch.load(args.batches_file)
+    ours_config, hf_config = model_configs(args, batches["vocab_size"])
+    torch.manual_seed(args.seed)
+    if args.memory_child == "ours":
+        model = MiniBertForPreTraining(ours_config)
+    else:
+        model = BertForPreTraining(hf_config)
+    if args.compile:
+        model = torch.compile(model, dynamic=True)
+    model.train()
+    step = make_train_step(model, optimizer_for(model, args.learning_rate), args.bf16)
+    before = rss_bytes()
+    reset = reset_peak_rss()
+    for i in range(args.memory_steps):
+        step(batches["batches"][i % len(batches["batches"])])
+    peak = peak_rss_bytes()
+    print(json.dumps({"peak_rss_mb": round(peak / 2**20, 1), "rss_before_mb": round(before / 2**20, 1),
+                      "peak_growth_mb": round((peak - before) / 2**20, 1), "peak_reset": reset}))
+
+
+def measure_memory(args, batches, vocab_size, argv):
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="minibert-bench-mem-") as tmp:
+        path = Path(tmp) / "batches.pt"
+        torch.save({"batches": batches[: args.memory_steps], "vocab_size": vocab_size}, path)
+        results = {}
+        for which in ("ours", "hf"):
+            command = [sys.executable, str(Path(__file__).resolve()), *argv, "--memory-child", which,
+                       "--batches-file", str(path)]
+            done = subprocess.run(command, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"memory subprocess for {which} failed:\n{done.stderr[-2000:]}")
+            results[which] = json.loads(done.stdout.strip().splitlines()[-1])
+    return results
+
+
+def measure_training(args, ours, hf, batches, held_out):
+    import torch
+
+    steps = {"ours": make_train_step(ours, optimizer_for(ours, args.learning_rate), args.bf16),
+             "hf": make_train_step(hf, optimizer_for(hf, args.learning_rate), args.bf16)}
+    loss_start = {"ours": eval_loss(ours, held_out, args.bf16), "hf": eval_loss(hf, held_out, args.bf16)}
+    ours.train()
+    hf.train()
+    torch.manual_seed(args.seed)
+    for i in range(args.warmup):
+        for which in ("ours", "hf"):
+            steps[which](batches[i % len(batches)])
+    times = {"ours": [], "hf": []}
+    losses = {"ours": [], "hf": []}
+    tokens = []
+    for i in range(args.steps):
+        batch = batches[(args.warmup + i) % len(batches)]
+        tokens.append(real_tokens(batch))
+        order = ("ours", "hf") if i % 2 == 0 else ("hf", "ours")
+        for which in order:
+            started = time.perf_counter()
+            losses[which].append(steps[which](batch))
+            times[which].append(time.perf_counter() - started)
+    loss_end = {"ours": eval_loss(ours, held_out, args.bf16), "hf": eval_loss(hf, held_out, args.bf16)}
+    result = {}
+    for which in ("ours", "hf"):
+        result[which] = {
+            "median_ms": round(statistics.median(times[which]) * 1000, 1),
+            "min_ms": round(min(times[which]) * 1000, 1),
+            "tokens_per_second": round(statistics.median(n / t for n, t in zip(tokens, times[which])), 1),
+            "train_loss_last": round(losses[which][-1], 4),
+            "train_loss_mean_last5": round(statistics.fmean(losses[which][-5:]), 4),
+            "held_out_loss_start": round(loss_start[which], 4),
+            "held_out_loss_end": round(loss_end[which], 4),
+        }
+    ratios = [h / o for o, h in zip(times["ours"], times["hf"])]
+    result["speedup_median_of_pairs"] = round(statistics.median(ratios), 3)
+    result["speedup_min_of_pairs"] = round(min(ratios), 3)
+    result["speedup_max_of_pairs"] = round(max(ratios), 3)
+    result["steps_each"] = args.steps
+    result["warmup_each"] = args.warmup
+    result["real_tokens_per_batch_mean"] = round(statistics.fmean(tokens), 1)
+    result["padded_tokens_per_batch_mean"] = round(
+        statistics.fmean(batches[(args.warmup + i) % len(batches)]["input_ids"].numel() for i in range(args.steps)),
+        1)
+    return result
+
+
+def measure_inference(args, ours, hf, batches):
+    import torch
+
+    ours.eval()
+    hf.eval()
+    forwards = {"ours": make_forward(ours, args.bf16), "hf": make_forward(hf, args.bf16)}
+    for which in ("ours", "hf"):
+        forwards[which](batches[0])
+    times = {"ours": [], "hf": []}
+    for i in range(args.inference_steps):
+        batch = batches[i % len(batches)]
+        order = ("ours", "hf") if i % 2 == 0 else ("hf", "ours")
+        for which in order:
+            started = time.perf_counter()
+            forwards[which](batch)
+            times[which].append(time.perf_counter() - started)
+    ratios = [h / o for o, h in zip(times["ours"], times["hf"])]
+    # parity: with the same weights, the MLM logits of both models agree
+    with torch.inference_mode():
+        a = forwards["ours"](batches[0]).float()
+        b = forwards["hf"](batches[0]).float()
+    mask = batches[0]["attention_mask"].bool()
+    ours.train()
+    hf.train()
+    return {
+        "ours_median_ms": round(statistics.median(times["ours"]) * 1000, 1),
+        "hf_median_ms": round(statistics.median(times["hf"]) * 1000, 1),
+        "speedup_median_of_pairs": round(statistics.median(ratios), 3),
+        "steps_each": args.inference_steps,
+        "logits_max_abs_diff_real_tokens": float((a[mask] - b[mask]).abs().max()),
+    }
+
+
+def machine_info(args):
+    import torch
+    import transformers
+
+    cpu = platform.processor() or ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    flags = ""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        flags = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in text)
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cpu_flags": flags,
+        "logical_cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# reports
+# --------------------------------------------------------------------------------------------------
+
+
+def write_atomic(path, data, binary=False):
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    if binary:
+        tmp.write_bytes(data)
+    else:
+        tmp.write_text(data, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def render_markdown(results):
+    lines = ["# MiniBERT vs transformers BertForPreTraining", ""]
+    runs = results.get("runs", {})
+    if not runs:
+        return "\n".join(lines + ["(no runs)", ""])
+    lines += ["Training step = forward + backward + clip-grad-norm 1.0 + AdamW step, on the same batches, A/B "
+              "alternating after warm-up. Speed-up = median over pairs of HF time / our time. Memory = peak RSS "
+              "growth during training steps in a fresh process (activations, gradients, optimizer state).", ""]
+    lines += ["| run | ours ms/step | HF ms/step | ours tokens/s | HF tokens/s | train speed-up | "
+              "inference ms (ours / HF) | inference speed-up | peak mem MB (ours / HF) | held-out loss end (ours / HF) |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, run in runs.items():
+        t, inf, mem = run["training"], run.get("inference", {}), run.get("memory") or {}
+        mem_text = (f"{mem['ours']['peak_growth_mb']:.0f} / {mem['hf']['peak_growth_mb']:.0f}"
+                    if mem else "n/a")
+        lines.append(
+            f"| {name} | {t['ours']['median_ms']:.0f} | {t['hf']['median_ms']:.0f} | "
+            f"{t['ours']['tokens_per_second']:.0f} | {t['hf']['tokens_per_second']:.0f} | "
+            f"**{t['speedup_median_of_pairs']:.2f}x** | "
+            f"{inf.get('ours_median_ms', float('nan')):.0f} / {inf.get('hf_median_ms', float('nan')):.0f} | "
+            f"{inf.get('speedup_median_of_pairs', float('nan')):.2f}x | {mem_text} | "
+            f"{t['ours']['held_out_loss_end']:.3f} / {t['hf']['held_out_loss_end']:.3f} |")
+    lines += ["", "## Data", "", "| run | prep MB/s | prep MB | loader batches/s (collate_batch) | "
+              "loader batches/s (DynamicMasking) | real / padded tokens per batch |", "|---|---:|---:|---:|---:|---:|"]
+    for name, run in runs.items():
+        prep, loader, t = run.get("data_prep") or {}, run.get("loader", {}), run["training"]
+        lines.append(
+            f"| {name} | {prep.get('mb_per_second', 'n/a')} | {prep.get('raw_mb', 'n/a')} | "
+            f"{loader.get('collate_batch_batches_per_second', 'n/a')} | "
+            f"{loader.get('dynamic_masking_batches_per_second', 'n/a')} | "
+            f"{t['real_tokens_per_batch_mean']:.0f} / {t['padded_tokens_per_batch_mean']:.0f} |")
+    lines += ["", "## Runs", ""]
+    for name, run in runs.items():
+        m, t = run["machine"], run["training"]
+        lines += [f"### {name}", "",
+                  f"- command: `{run['command']}`",
+                  f"- when: {run['timestamp']}",
+                  f"- machine: {m['cpu']} ({m['cpu_flags']}), {m['logical_cpus']} logical CPUs, "
+                  f"{m['torch_threads']} torch threads; load average at start {m['load_average_start']}, "
+                  f"at end {m.get('load_average_end')}",
+                  f"- software: Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
+                  f"{m['platform']}",
+                  f"- model: {run['config']}",
+                  f"- data: {run['data']}",
+                  f"- training: {t['steps_each']} measured steps each after {t['warmup_each']} warm-up; speed-up "
+                  f"over pairs min {t['speedup_min_of_pairs']:.2f}x, median {t['speedup_median_of_pairs']:.2f}x, "
+                  f"max {t['speedup_max_of_pairs']:.2f}x; train loss mean of last 5 steps: ours "
+                  f"{t['ours']['train_loss_mean_last5']:.3f}, HF {t['hf']['train_loss_mean_last5']:.3f}; "
+                  f"held-out batch loss start → end: ours {t['ours']['held_out_loss_start']:.3f} → "
+                  f"{t['ours']['held_out_loss_end']:.3f}, HF {t['hf']['held_out_loss_start']:.3f} → "
+                  f"{t['hf']['held_out_loss_end']:.3f}",
+                  f"- weights: {run['weights']}", ""]
+        if run.get("inference"):
+            lines.insert(len(lines) - 1, f"- inference logits max |ours - HF| on real tokens, same weights: "
+                                         f"{run['inference']['logits_max_abs_diff_real_tokens']:.2e}")
+    return "\n".join(lines) + "\n"
+
+
+def render_png(results, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = results.get("runs", {})
+    names = list(runs)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
+    width = 0.38
+    xs = range(len(names))
+    panels = [
+        ("training tokens/s (higher is better)",
+         [runs[n]["training"]["ours"]["tokens_per_second"] for n in names],
+         [runs[n]["training"]["hf"]["tokens_per_second"] for n in names]),
+        ("inference forward ms, full logits (lower is better)",
+         [runs[n].get("inference", {}).get("ours_median_ms", 0) for n in names],
+         [runs[n].get("inference", {}).get("hf_median_ms", 0) for n in names]),
+        ("peak training memory growth MB (lower is better)",
+         [(runs[n].get("memory") or {}).get("ours", {}).get("peak_growth_mb", 0) for n in names],
+         [(runs[n].get("memory") or {}).get("hf", {}).get("peak_growth_mb", 0) for n in names]),
+    ]
+    for ax, (title, ours, hf) in zip(axes, panels):
+        ax.bar([x - width / 2 for x in xs], ours, width, label="MiniBERT")
+        ax.bar([x + width / 2 for x in xs], hf, width, label="HF BertForPreTraining (sdpa)")
+        ax.set_xticks(list(xs), names)
+        ax.set_title(title, fontsize=9)
+        ax.grid(axis="y", alpha=0.3)
+    for n_index, n in enumerate(names):
+        speedup = runs[n]["training"]["speedup_median_of_pairs"]
+        top = max(panels[0][1][n_index], panels[0][2][n_index])
+        axes[0].annotate(f"{speedup:.2f}x", (n_index, top), ha="center", va="bottom", fontsize=9)
+    axes[0].legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# main
+# --------------------------------------------------------------------------------------------------
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_child:
+        memory_child(args)
+        return 0
+
+    from minibert_hf.pretraining_data import DynamicMasking, collate_batch, load_pretraining_csv
+
+    output_dir = Path(args.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    machine = machine_info(args)
+    print(f"[bench] run {run_name(args)}: {machine['torch_threads']} threads, load {machine['load_average_start']}",
+          flush=True)
+
+    csv_path, prep = prepare_data(args)
+    if prep:
+        print(f"[bench] data prep: {prep['raw_mb']} MB in {prep['seconds']} s = {prep['mb_per_second']} MB/s",
+              flush=True)
+    dataset = load_pretraining_csv(str(csv_path), max_length=args.max_seq_length)
+    if len(dataset) < 2:
+        from minibert_hf.errors import MiniBertInputError
+
+        raise MiniBertInputError(f"need at least 2 rows to benchmark, found {len(dataset)}", file=str(csv_path))
+    max_id = max(max(row) for row in dataset["input_ids"])
+    tok_vocab = tokenizer_vocab_size(csv_path)
+    vocab_size = max(args.vocab_size, max_id + 1)
+
+    loader = {
+        "collate_batch_batches_per_second": round(time_loader(dataset, args, collate_batch), 1),
+        "dynamic_masking_batches_per_second": round(
+            time_loader(dataset, args, DynamicMasking(vocab_size, seed=args.seed)), 1),
+        "batch_size": args.batch_size,
+    }
+    print(f"[bench] loader: {loader}", flush=True)
+
+    needed = args.warmup + max(args.steps, args.inference_steps) + 1
+    batches = []
+    while len(batches) < needed:
+        for batch in loader_for(dataset, args, collate_batch):
+            batches.append(batch)
+            if len(batches) >= needed:
+                break
+    held_out, batches = batches[-1], batches[:-1]
+
+    ours, hf, not_copied = build_models(args, vocab_size)
+    if args.compile:
+        ours = torch.compile(ours, dynamic=True)
+        hf = torch.compile(hf, dynamic=True)
+    weights = ("same initial weights (ours copied into HF; HF's NSP pooler keeps its own)"
+               if set(not_copied) <= {"bert.pooler.dense.weight", "bert.pooler.dense.bias"}
+               else f"independent initialisation; not copied: {not_copied}")
+
+    inference = measure_inference(args, ours, hf, batches)
+    print(f"[bench] inference: {inference}", flush=True)
+    training = measure_training(args, ours, hf, batches, held_out)
+    print(f"[bench] training: speed-up {training['speedup_median_of_pairs']}x, ours {training['ours']}, "
+          f"hf {training['hf']}", flush=True)
+    del ours, hf
+    memory = None
+    if not args.no_memory:
+        memory = measure_memory(args, batches, vocab_size, argv)
+        print(f"[bench] memory: {memory}", flush=True)
+    machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+
+    run = {
+        "timestamp": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "command": "python scripts/bench.py " + " ".join(shlex.quote(a) for a in argv),
+        "machine": machine,
+        "config": {"vocab_size": vocab_size, "hidden_size": args.hidden_size, "num_hidden_layers": args.num_layers,
+                   "num_attention_heads": args.num_heads, "intermediate_size": args.intermediate_size,
+                   "max_position_embeddings": args.max_position_embeddings, "batch_size": args.batch_size,
+                   "max_seq_length": args.max_seq_length, "bf16": args.bf16, "compile": args.compile,
+                   "optimizer": f"AdamW(lr={args.learning_rate}, weight_decay=0.01)", "clip_grad_norm": 1.0},
+        "data": {"csv": str(csv_path), "rows": len(dataset), "tokenizer_vocab_size": tok_vocab,
+                 "model_vocab_size": vocab_size},
+        "weights": weights,
+        "data_prep": prep,
+        "loader": loader,
+        "inference": inference,
+        "training": training,
+        "memory": memory,
+    }
+    results_path = output_dir / "results.json"
+    results = {"runs": {}}
+    if results_path.is_file():
+        try:
+            results = json.loads(results_path.read_text(encoding="utf-8"))
+            results.setdefault("runs", {})
+        except ValueError:
+            results = {"runs": {}}
+    results["runs"][run_name(args)] = run
+    write_atomic(results_path, json.dumps(results, indent=2) + "\n")
+    write_atomic(output_dir / "results.md", render_markdown(results))
+    render_png(results, output_dir / "results.png")
+    print(f"[bench] wrote {results_path}, results.md, results.png", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    from minibert_hf.cli import run_cli
+
+    run_cli(main)
