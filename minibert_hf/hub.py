@@ -152,7 +152,7 @@ def write_model_card(
         pipeline_tag="fill-mask",
         tags=["bert", "minibert", "fill-mask", "masked-language-modeling", "next-sentence-prediction",
               "pretraining", "custom_code"],
-        datasets=[slug],
+        datasets=[slug] if slug != "unknown" else None,
         metrics=sorted({r.metric_type for r in eval_results}) or None,
         model_name=name if eval_results else None,
         eval_results=eval_results or None,
@@ -517,25 +517,16 @@ def push_to_hub(
     return f"{endpoint.rstrip('/')}/{repo_id}"
 
 
+_REMOTE_MODULES = {"huggingface_hub", "httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3", "h11", "ssl"}
+
+
 def _is_remote_failure(error: BaseException) -> bool:
-    from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-
-    if isinstance(error, (HfHubHTTPError, OfflineModeIsEnabled, ConnectionError, TimeoutError)):
+    """True for errors of the HTTP stack or the Hub client (whatever HTTP library huggingface_hub uses)."""
+    if isinstance(error, (ConnectionError, TimeoutError)):
         return True
-    try:
-        import httpx
-
-        if isinstance(error, httpx.HTTPError):
+    for cls in type(error).__mro__:
+        if cls.__module__.split(".")[0] in _REMOTE_MODULES:
             return True
-    except ImportError:  # pragma: no cover - huggingface_hub 2 depends on httpx
-        pass
-    try:
-        import requests
-
-        if isinstance(error, requests.RequestException):
-            return True
-    except ImportError:  # pragma: no cover
-        pass
     return isinstance(error, OSError) and not isinstance(error, (FileNotFoundError, PermissionError))
 
 
