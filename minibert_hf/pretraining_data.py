@@ -1,0 +1,854 @@
+"""From documents to training batches: NSP pairs, MLM masking, the seed-compatible CSV, and collation.
+
+On disk (CSV) we use the course lab's conventions, so a CSV from the lab trains here and ours reads in the lab's code:
+
+========================  ====================================================================================
+``Original Text``         the text of sentence(s) A, `` [SEP] ``, the text of sentence(s) B (before truncation)
+``BERT Input``            JSON list of ids: ``[CLS] A [SEP] B [SEP]`` with the masked tokens replaced
+``BERT Label``            JSON list of ids: the original id at each prediction target, 0 elsewhere
+``Segment Label``         comma-joined ``1`` (``[CLS]``, A, first ``[SEP]``), ``2`` (B, last ``[SEP]``), ``0`` (padding)
+``Is Next``               1 when B really follows A, 0 when B comes from another document
+========================  ====================================================================================
+
+In memory and in every batch we use Hugging Face BERT's conventions: ``token_type_ids`` 0/1, ``labels`` -100 for
+"not a target", ``next_sentence_label`` 0 = B follows A, 1 = B is random. :func:`load_pretraining_csv` is the one place
+that converts; it drops padding positions (segment 0), wherever they are, so rows are compact.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Iterator, Sequence
+
+import numpy as np
+
+from .errors import MiniBertInputError
+from .tokenizer import (
+    CLS_ID,
+    DEFAULT_VOCAB_SIZE,
+    MASK_ID,
+    PAD_ID,
+    SEP_ID,
+    SPECIAL_IDS,
+    check_special_ids,
+    load_tokenizer,
+    train_tokenizer,
+)
+
+CSV_COLUMNS = ("Original Text", "BERT Input", "BERT Label", "Segment Label", "Is Next")
+REQUIRED_COLUMNS = ("BERT Input", "BERT Label", "Segment Label", "Is Next")
+NUM_SPECIAL = len(SPECIAL_IDS)
+DEFAULT_MAX_SEQ_LENGTH = 128
+DEFAULT_TEST_SIZE = 0.05
+DEFAULT_SEED = 42
+DEFAULT_WINDOW = 1000  # documents held in memory at once (the pool NSP negatives are drawn from)
+
+# --------------------------------------------------------------------------------------------------
+# NSP pairs (BERT's create_pretraining_data recipe) and MLM masking
+# --------------------------------------------------------------------------------------------------
+
+
+class PairBuilder:
+    """Builds NSP sentence pairs from tokenised documents, as in BERT's ``create_instances_from_document``.
+
+    Sentences of a document are accumulated into a chunk up to a target length (``max_seq_length - 3``, or with
+    probability ``short_seq_prob`` a random shorter one); the chunk is split at a random sentence boundary into A and
+    the true continuation B. In half of the pairs B is instead taken from a *different* document (never the true
+    next segment), and the unused sentences of the chunk go back to be used for the next pair. The pair is truncated
+    longest-first (randomly from the front or the back) to fit ``[CLS] A [SEP] B [SEP]`` in ``max_seq_length``.
+
+    A chunk of a single sentence can only make a random pair; to keep NSP at 50/50 anyway, a free choice favours the
+    label that is behind (a coin flip when even).
+    """
+
+    def __init__(self, max_seq_length: int, rng: random.Random, short_seq_prob: float = 0.1):
+        self.max_num_tokens = max_seq_length - 3
+        self.rng = rng
+        self.short_seq_prob = short_seq_prob
+        self.balance = 0  # (#random pairs) - (#true-next pairs)
+
+    def _choose_random_next(self, forced: bool) -> bool:
+        if forced:
+            return True
+        if self.balance > 0:
+            return False
+        if self.balance < 0:
+            return True
+        return self.rng.random() < 0.5
+
+    def pairs_from_document(self, doc_index: int, documents: Sequence[list], pool: Sequence[int]):
+        """Yield ``(tokens_a, tokens_b, is_random_next, a_span, b_ref)`` for one document.
+
+        ``documents[i]`` is a list of sentences, each a list of token ids; ``pool`` are indexes of the (non-empty)
+        documents a random B may come from. ``a_span`` = (doc, first, last) sentence range of A, ``b_ref`` likewise for B.
+        """
+        rng = self.rng
+        document = documents[doc_index]
+        has_other = len(pool) > 1 or (len(pool) == 1 and pool[0] != doc_index)
+        target_seq_length = self.max_num_tokens
+        if rng.random() < self.short_seq_prob:
+            target_seq_length = rng.randint(2, self.max_num_tokens)
+        chunk: list[int] = []  # sentence indexes
+        chunk_length = 0
+        i = 0
+        while i < len(document):
+            chunk.append(i)
+            chunk_length += len(document[i])
+            if i == len(document) - 1 or chunk_length >= target_seq_length:
+                a_end = 1 if len(chunk) < 2 else rng.randint(1, len(chunk) - 1)
+                tokens_a = [t for s in chunk[:a_end] for t in document[s]]
+                a_span = (doc_index, chunk[0], chunk[a_end - 1])
+                random_next = self._choose_random_next(forced=len(chunk) == 1)
+                if random_next and not has_other:
+                    random_next = False
+                    if len(chunk) == 1:  # nothing can be paired with this sentence
+                        chunk, chunk_length = [], 0
+                        i += 1
+                        continue
+                if random_next:
+                    target_b_length = max(1, target_seq_length - len(tokens_a))
+                    other = doc_index
+                    while other == doc_index:
+                        other = pool[rng.randrange(len(pool))]
+                    other_doc = documents[other]
+                    start = rng.randrange(len(other_doc))
+                    tokens_b = []
+                    end = start
+                    for end in range(start, len(other_doc)):
+                        tokens_b.extend(other_doc[end])
+                        if len(tokens_b) >= target_b_length:
+                            break
+                    b_ref = (other, start, end)
+                    i -= len(chunk) - a_end  # put the unused sentences back
+                else:
+                    tokens_b = [t for s in chunk[a_end:] for t in document[s]]
+                    b_ref = (doc_index, chunk[a_end], chunk[-1])
+                self.balance += 1 if random_next else -1
+                self._truncate_pair(tokens_a, tokens_b)
+                if tokens_a and tokens_b:
+                    yield tokens_a, tokens_b, random_next, a_span, b_ref
+                chunk, chunk_length = [], 0
+            i += 1
+
+    def _truncate_pair(self, tokens_a: list, tokens_b: list) -> None:
+        while len(tokens_a) + len(tokens_b) > self.max_num_tokens:
+            longer = tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
+            if self.rng.random() < 0.5:
+                del longer[0]
+            else:
+                longer.pop()
+
+
+class Masker:
+    """BERT's static masking: ``mlm_probability`` of the non-special tokens are targets (stochastically rounded per
+    row, at least one); of the targets 80% become ``[MASK]``, 10% a random non-special token, 10% stay unchanged."""
+
+    def __init__(self, vocab_size: int, mlm_probability: float, rng: random.Random):
+        self.vocab_size = vocab_size
+        self.mlm_probability = mlm_probability
+        self.rng = rng
+        self.counts = {"targets": 0, "candidates": 0, "mask": 0, "random": 0, "keep": 0}
+
+    def __call__(self, tokens: list[int]) -> tuple[list[int], list[int]]:
+        """Mask one row of ids; returns ``(inputs, labels)`` with label 0 (``[PAD]``) at non-targets (seed format)."""
+        rng = self.rng
+        candidates = [i for i, t in enumerate(tokens) if t >= NUM_SPECIAL]
+        expected = len(candidates) * self.mlm_probability
+        count = int(expected)
+        if rng.random() < expected - count:
+            count += 1
+        count = min(len(candidates), max(1, count)) if candidates else 0
+        inputs = list(tokens)
+        labels = [PAD_ID] * len(tokens)
+        counts = self.counts
+        counts["candidates"] += len(candidates)
+        counts["targets"] += count
+        for position in rng.sample(candidates, count):
+            labels[position] = tokens[position]
+            draw = rng.random()
+            if draw < 0.8:
+                inputs[position] = MASK_ID
+                counts["mask"] += 1
+            elif draw < 0.9:
+                inputs[position] = rng.randrange(NUM_SPECIAL, self.vocab_size)
+                counts["random"] += 1
+            else:
+                counts["keep"] += 1
+        return inputs, labels
+
+
+def _ids_text(ids: Iterable[int]) -> str:
+    return "[" + ", ".join(map(str, ids)) + "]"
+
+
+# --------------------------------------------------------------------------------------------------
+# prepare_pretraining_data: documents -> tokenizer, train.csv, test.csv, stats.json
+# --------------------------------------------------------------------------------------------------
+
+
+def _documents_factory(documents, text_files) -> tuple[Callable[[], Iterator[list]], dict]:
+    from .corpus import make_source
+
+    if documents is None:
+        return make_source(text_files=text_files)
+    if callable(documents):
+        return documents, {"name": "documents", "source": "given in Python", "license": "unknown"}
+    documents = list(documents)
+    return (lambda: iter(documents)), {"name": "documents", "source": "given in Python", "license": "unknown"}
+
+
+def _is_test(index: int, test_size: float) -> bool:
+    """Deterministic, evenly spread split by document: document k is a test document when the running count of
+    test documents ``floor((k + 1) * test_size)`` steps up."""
+    return math.floor((index + 1) * test_size) > math.floor(index * test_size)
+
+
+def prepare_pretraining_data(
+    output_dir,
+    text_files=None,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
+    max_seq_length: int = DEFAULT_MAX_SEQ_LENGTH,
+    mlm_probability: float = 0.15,
+    test_size: float = DEFAULT_TEST_SIZE,
+    seed: int = DEFAULT_SEED,
+    tokenizer=None,
+    dupe_factor: int = 1,
+    show_progress: bool = True,
+    documents=None,
+    source_info: dict | None = None,
+    short_seq_prob: float = 0.1,
+    window: int = DEFAULT_WINDOW,
+    num_workers: int | None = None,
+) -> dict:
+    """Write ``train.csv``, ``test.csv``, ``tokenizer/`` and ``stats.json`` into ``output_dir``; return the stats.
+
+    Source: ``documents`` (a list of documents, or a callable returning a fresh iterator of them; a document is a
+    list of paragraphs), else ``text_files`` (one paragraph per line, blank line between documents), else the default
+    corpus. ``tokenizer``: a tokenizer object or folder to use instead of training one with ``vocab_size``.
+
+    Everything is written under a temporary name inside ``output_dir`` and moved into place at the end, so an
+    interrupted or failed run leaves no ``train.csv`` behind. Documents are streamed in windows of ``window``
+    documents, so memory stays flat in the corpus size; NSP negatives come from other documents of the same
+    window and split. Windows are processed by ``num_workers`` processes (default: one per core, up to 4; 0 =
+    inline); each window has its own seeded generator, so the output is the same for any number of workers.
+    """
+    started = time.perf_counter()
+    if int(max_seq_length) < 8:
+        raise MiniBertInputError(f"max_seq_length must be at least 8, got {max_seq_length}")
+    if not 0.0 < float(mlm_probability) < 1.0:
+        raise MiniBertInputError(f"mlm_probability must be between 0 and 1, got {mlm_probability}")
+    if not 0.0 <= float(test_size) < 1.0:
+        raise MiniBertInputError(f"test_size must be in [0, 1), got {test_size}")
+    if int(dupe_factor) < 1:
+        raise MiniBertInputError(f"dupe_factor must be at least 1, got {dupe_factor}")
+    max_seq_length, dupe_factor = int(max_seq_length), int(dupe_factor)
+
+    open_documents, info = _documents_factory(documents, text_files)
+    if source_info:
+        info = {**info, **source_info}
+
+    output_dir = Path(output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        tmp = output_dir / f".prepare-tmp-{os.getpid()}"
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        tmp.mkdir()
+    except OSError as error:
+        raise MiniBertInputError(f"cannot write the output folder: {error.strerror}", file=output_dir) from None
+
+    try:
+        # 1. tokenizer
+        t0 = time.perf_counter()
+        if tokenizer is None:
+            tokenizer = train_tokenizer(
+                (p for doc in open_documents() for p in doc),
+                vocab_size=vocab_size,
+                model_max_length=max_seq_length,
+                show_progress=False,
+            )
+            tokenizer_trained = True
+        else:
+            if isinstance(tokenizer, (str, os.PathLike)):
+                tokenizer = load_tokenizer(tokenizer)
+            check_special_ids(tokenizer)
+            tokenizer_trained = False
+        tokenizer_seconds = time.perf_counter() - t0
+        tokenizer.save_pretrained(tmp / "tokenizer")
+
+        # 2. pairs, masks, CSVs
+        t1 = time.perf_counter()
+        counts = _write_pairs(
+            open_documents(), tokenizer, tmp, max_seq_length, float(mlm_probability), float(test_size),
+            int(seed), dupe_factor, short_seq_prob, int(window), show_progress, num_workers,
+        )
+        pairs_seconds = time.perf_counter() - t1
+
+        if counts["documents"] < 2 or counts["pairs"]["train"] == 0:
+            raise MiniBertInputError(
+                f"too little text to make a sentence pair: found {counts['documents']} document(s) with "
+                f"{counts['sentences']} sentence(s); need at least 2 documents (separate documents with a blank "
+                "line) with enough text",
+                file=info.get("source") if info.get("name") == "text files" else None,
+            )
+        if len(tokenizer) > 0 and counts["tokens"] == 0:
+            raise MiniBertInputError("no tokens after tokenisation", file=info.get("source"))
+
+        total_seconds = time.perf_counter() - started
+        masker_counts = counts.pop("masking")
+        targets = max(1, masker_counts["targets"])
+        stats = {
+            "source": info.get("source"),
+            "license": info.get("license"),
+            "corpus": info.get("name"),
+            **({"source_url": info["url"]} if "url" in info else {}),
+            **({"license_url": info["license_url"]} if "license_url" in info else {}),
+            "documents": counts["documents"],
+            "documents_train": counts["documents_split"]["train"],
+            "documents_test": counts["documents_split"]["test"],
+            "sentences": counts["sentences"],
+            "tokens": counts["tokens"],
+            "raw_bytes": counts["raw_bytes"],
+            "pairs": counts["pairs"]["train"] + counts["pairs"]["test"],
+            "pairs_train": counts["pairs"]["train"],
+            "pairs_test": counts["pairs"]["test"],
+            "row_tokens": counts["row_tokens"],
+            "mean_row_length": round(counts["row_tokens"] / max(1, counts["pairs"]["train"] + counts["pairs"]["test"]), 2),
+            "target_fraction": round(masker_counts["targets"] / max(1, masker_counts["candidates"]), 5),
+            "mask_fraction": round(masker_counts["mask"] / targets, 5),
+            "random_fraction": round(masker_counts["random"] / targets, 5),
+            "keep_fraction": round(masker_counts["keep"] / targets, 5),
+            "nsp_is_next_fraction": round(counts["is_next"] / max(1, counts["pairs"]["train"] + counts["pairs"]["test"]), 5),
+            "vocab_size": len(tokenizer),
+            "tokenizer_trained": tokenizer_trained,
+            "max_seq_length": max_seq_length,
+            "mlm_probability": float(mlm_probability),
+            "test_size": float(test_size),
+            "dupe_factor": dupe_factor,
+            "seed": int(seed),
+            "seconds_tokenizer": round(tokenizer_seconds, 3),
+            "seconds_pairs": round(pairs_seconds, 3),
+            "seconds_total": round(total_seconds, 3),
+            "mb_per_second": round(counts["raw_bytes"] / 1e6 / max(total_seconds, 1e-9), 3),
+        }
+        (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
+
+        # 3. move into place: the CSVs last, so train.csv exists only when everything else does
+        final_tokenizer = output_dir / "tokenizer"
+        if final_tokenizer.exists():
+            shutil.rmtree(final_tokenizer)
+        os.replace(tmp / "tokenizer", final_tokenizer)
+        os.replace(tmp / "stats.json", output_dir / "stats.json")
+        os.replace(tmp / "test.csv", output_dir / "test.csv")
+        os.replace(tmp / "train.csv", output_dir / "train.csv")
+        return stats
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+_WORKER: dict = {}
+
+
+def _init_worker(tokenizer_json: str, params: dict) -> None:
+    from tokenizers import Tokenizer
+
+    _WORKER["backend"] = Tokenizer.from_str(tokenizer_json)
+    _WORKER["params"] = params
+
+
+def _process_window(job) -> tuple[str, dict]:
+    """Split, tokenise, pair and mask one window of documents; return its CSV rows (text) and counts.
+
+    Runs in a worker process or inline. Its random generator is seeded from (seed, split, window number) only, so
+    the output does not depend on how many processes run."""
+    import io
+
+    from .corpus import split_sentences
+
+    split, window_number, texts, spare = job
+    backend, params = _WORKER["backend"], _WORKER["params"]
+    rng = random.Random(f"{params['seed']}/{split}/{window_number}")
+    builder = PairBuilder(params["max_seq_length"], rng, params["short_seq_prob"])
+    masker = Masker(params["vocab_size"], params["mlm_probability"], rng)
+    counts = {"sentences": 0, "tokens": 0, "pairs": 0, "row_tokens": 0, "is_next": 0}
+
+    def tokenise(documents):
+        sentence_docs = [[s for paragraph in doc for s in split_sentences(paragraph)] for doc in documents]
+        flat = [s for doc in sentence_docs for s in doc]
+        encodings = backend.encode_batch_fast(flat, add_special_tokens=False) if flat else []
+        ids_docs, text_docs, k = [], [], 0
+        for doc in sentence_docs:
+            ids_doc, text_doc = [], []
+            for text in doc:
+                ids = encodings[k].ids
+                k += 1
+                if ids:
+                    ids_doc.append(ids)
+                    text_doc.append(text)
+            ids_docs.append(ids_doc)
+            text_docs.append(text_doc)
+        return sentence_docs, ids_docs, text_docs
+
+    sentence_docs, ids_docs, text_docs = tokenise(texts)
+    counts["sentences"] = sum(len(d) for d in sentence_docs)
+    counts["tokens"] = sum(len(s) for d in ids_docs for s in d)
+    pool_docs, pool_texts = ids_docs, text_docs
+    if spare and sum(1 for d in ids_docs if d) < 2:
+        _, spare_ids, spare_texts = tokenise(spare)
+        pool_docs, pool_texts = ids_docs + spare_ids, text_docs + spare_texts
+    pool = [i for i, d in enumerate(pool_docs) if d]
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    for _ in range(params["dupe_factor"]):
+        for d in range(len(ids_docs)):
+            if not ids_docs[d]:
+                continue
+            for tokens_a, tokens_b, random_next, a_span, b_ref in builder.pairs_from_document(d, pool_docs, pool):
+                tokens = [CLS_ID, *tokens_a, SEP_ID, *tokens_b, SEP_ID]
+                inputs, labels = masker(tokens)
+                segments = "1," * (len(tokens_a) + 2) + "2," * (len(tokens_b) + 1)
+                text_a = " ".join(pool_texts[a_span[0]][a_span[1] : a_span[2] + 1])
+                text_b = " ".join(pool_texts[b_ref[0]][b_ref[1] : b_ref[2] + 1])
+                writer.writerow((f"{text_a} [SEP] {text_b}", _ids_text(inputs), _ids_text(labels), segments[:-1],
+                                 0 if random_next else 1))
+                counts["pairs"] += 1
+                counts["row_tokens"] += len(tokens)
+                counts["is_next"] += 0 if random_next else 1
+    counts["masking"] = masker.counts
+    return buffer.getvalue(), counts
+
+
+def _default_workers() -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(0, min(cores, 4)) if cores > 1 else 0
+
+
+def _write_pairs(documents, tokenizer, folder, max_seq_length, mlm_probability, test_size, seed, dupe_factor,
+                 short_seq_prob, window, show_progress, num_workers=None) -> dict:
+    from collections import deque
+
+    params = {
+        "seed": seed, "max_seq_length": max_seq_length, "short_seq_prob": short_seq_prob,
+        "vocab_size": len(tokenizer), "mlm_probability": mlm_probability, "dupe_factor": dupe_factor,
+    }
+    tokenizer_json = tokenizer.backend_tokenizer.to_str()
+    counts = {
+        "documents": 0, "documents_split": {"train": 0, "test": 0}, "sentences": 0, "tokens": 0, "raw_bytes": 0,
+        "pairs": {"train": 0, "test": 0}, "row_tokens": 0, "is_next": 0,
+        "masking": {"targets": 0, "candidates": 0, "mask": 0, "random": 0, "keep": 0},
+    }
+    buffers = {"train": [], "test": []}  # documents (lists of paragraphs) waiting to be processed
+    previous = {"train": None, "test": None}  # the last window of each split: spare negatives for a tiny window
+    windows = {"train": 0, "test": 0}
+    num_workers = _default_workers() if num_workers is None else int(num_workers)
+
+    progress = None
+    if show_progress:
+        from tqdm.auto import tqdm
+
+        total = len(documents) if hasattr(documents, "__len__") else None
+        progress = tqdm(total=total, unit="doc", desc="documents", mininterval=1.0)
+
+    pool = None
+    if num_workers > 1:
+        import multiprocessing
+
+        method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+        saved = os.environ.get("TOKENIZERS_PARALLELISM")
+        os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker; silences the fork warning
+        try:
+            pool = multiprocessing.get_context(method).Pool(num_workers, _init_worker, (tokenizer_json, params))
+        finally:
+            if saved is None:
+                os.environ.pop("TOKENIZERS_PARALLELISM", None)
+            else:
+                os.environ["TOKENIZERS_PARALLELISM"] = saved
+    else:
+        _init_worker(tokenizer_json, params)
+    pending: deque = deque()
+
+    try:
+        with open(folder / "train.csv", "w", encoding="utf-8", newline="") as train_file, \
+                open(folder / "test.csv", "w", encoding="utf-8", newline="") as test_file:
+            files = {"train": train_file, "test": test_file}
+            for handle in files.values():
+                csv.writer(handle).writerow(CSV_COLUMNS)
+
+            def collect(split, result):
+                text, window_counts = result
+                files[split].write(text)
+                counts["sentences"] += window_counts["sentences"]
+                counts["tokens"] += window_counts["tokens"]
+                counts["pairs"][split] += window_counts["pairs"]
+                counts["row_tokens"] += window_counts["row_tokens"]
+                counts["is_next"] += window_counts["is_next"]
+                for key, value in window_counts["masking"].items():
+                    counts["masking"][key] += value
+
+            def flush(split):
+                texts = buffers[split]
+                buffers[split] = []
+                if not texts:
+                    return
+                spare = None
+                if len(texts) < 2:
+                    spare = previous[split] or previous["train" if split == "test" else "test"]
+                previous[split] = texts
+                job = (split, windows[split], texts, spare)
+                windows[split] += 1
+                if pool is None:
+                    collect(split, _process_window(job))
+                    return
+                pending.append((split, pool.apply_async(_process_window, (job,))))
+                while len(pending) > 2 * num_workers:  # bounded: memory stays flat
+                    done_split, result = pending.popleft()
+                    collect(done_split, result.get())
+
+            for index, document in enumerate(documents):
+                split = "test" if test_size > 0 and _is_test(index, test_size) else "train"
+                counts["documents"] += 1
+                counts["documents_split"][split] += 1
+                counts["raw_bytes"] += sum(len(p.encode("utf-8")) for p in document)
+                buffers[split].append(document)
+                if len(buffers[split]) >= window:
+                    flush(split)
+                if progress is not None:
+                    progress.update(1)
+            flush("train")
+            flush("test")
+            while pending:
+                done_split, result = pending.popleft()
+                collect(done_split, result.get())
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        if progress is not None:
+            progress.close()
+    return counts
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading CSVs (ours and the course lab's) into a datasets.Dataset
+# --------------------------------------------------------------------------------------------------
+
+
+def _read_header(path: str) -> list[str]:
+    if not os.path.exists(path):
+        raise MiniBertInputError("file does not exist", file=path)
+    if os.path.isdir(path):
+        raise MiniBertInputError("is a directory, expected a CSV file", file=path)
+    if os.path.getsize(path) == 0:
+        raise MiniBertInputError("empty file (expected a CSV header and rows)", file=path)
+    with open(path, "rb") as handle:
+        head = handle.read(1 << 16)
+    if head.startswith(b"\xef\xbb\xbf"):
+        head = head[3:]
+    if b"\x00" in head:
+        raise MiniBertInputError("not a CSV text file (contains NUL bytes; binary data?)", file=path)
+    first_line = head.split(b"\n", 1)[0].rstrip(b"\r")
+    try:
+        text = first_line.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MiniBertInputError("not a UTF-8 CSV file (the header is not valid text)", file=path) from None
+    if not text.strip():
+        raise MiniBertInputError("empty file (no CSV header)", file=path)
+    header = next(csv.reader([text]))
+    return [name.strip() for name in header]
+
+
+def _parse_ids(text, file, row, column) -> list[int]:
+    try:
+        value = json.loads(text)
+    except (json.JSONDecodeError, TypeError):
+        shown = (text or "").strip()
+        shown = shown[:40] + "..." if len(shown) > 40 else shown
+        raise MiniBertInputError(f"not a JSON list of integers: {shown!r}", file=file, row=row, column=column) from None
+    if not isinstance(value, list):
+        raise MiniBertInputError(
+            f"expected a JSON list of integers, got a JSON {type(value).__name__}", file=file, row=row, column=column
+        )
+    if not value:
+        raise MiniBertInputError("empty list", file=file, row=row, column=column)
+    for item in value:
+        if type(item) is not int:
+            raise MiniBertInputError(
+                f"not a JSON list of integers: contains {json.dumps(item)}", file=file, row=row, column=column
+            )
+    return value
+
+
+def _parse_segments(text, file, row, column) -> list[int]:
+    body = (text or "").strip().strip("[]")
+    try:
+        values = [int(part) for part in body.split(",")] if body else []
+    except ValueError:
+        shown = body[:40] + "..." if len(body) > 40 else body
+        raise MiniBertInputError(
+            f"expected comma-separated segment ids 0/1/2, got {shown!r}", file=file, row=row, column=column
+        ) from None
+    if not values:
+        raise MiniBertInputError("empty segment list", file=file, row=row, column=column)
+    bad = [v for v in values if v not in (0, 1, 2)]
+    if bad:
+        raise MiniBertInputError(
+            f"segment value {bad[0]} is not 0 (padding), 1 (sentence A) or 2 (sentence B)",
+            file=file, row=row, column=column,
+        )
+    return values
+
+
+def _convert_batch(batch, indices, *, file, vocab_size, max_length):
+    """Seed conventions -> HF conventions for a batch of string rows (validating every cell)."""
+    out = {"input_ids": [], "token_type_ids": [], "labels": [], "next_sentence_label": []}
+    for n, index in enumerate(indices):
+        row = index + 1
+        inputs = _parse_ids(batch["BERT Input"][n], file, row, "BERT Input")
+        labels = _parse_ids(batch["BERT Label"][n], file, row, "BERT Label")
+        segments = _parse_segments(batch["Segment Label"][n], file, row, "Segment Label")
+        if not (len(inputs) == len(labels) == len(segments)):
+            raise MiniBertInputError(
+                f"lists of different lengths: BERT Input {len(inputs)}, BERT Label {len(labels)}, "
+                f"Segment Label {len(segments)}",
+                file=file, row=row,
+            )
+        for column, ids in (("BERT Input", inputs), ("BERT Label", labels)):
+            low, high = min(ids), max(ids)
+            if low < 0:
+                raise MiniBertInputError(f"negative token id {low}", file=file, row=row, column=column)
+            if vocab_size is not None and high >= vocab_size:
+                raise MiniBertInputError(
+                    f"token id {high} is outside the vocabulary (size {vocab_size})", file=file, row=row, column=column
+                )
+        is_next = (batch["Is Next"][n] or "").strip()
+        if is_next not in ("0", "1"):
+            shown = is_next if is_next else "blank"
+            raise MiniBertInputError(
+                f"expected 0 (random B) or 1 (B follows A), got {shown!r}" if is_next else
+                "expected 0 (random B) or 1 (B follows A), got a blank cell",
+                file=file, row=row, column="Is Next",
+            )
+        keep = [i for i, s in enumerate(segments) if s != 0]
+        if not keep:
+            raise MiniBertInputError("row has only padding (every segment is 0)", file=file, row=row,
+                                     column="Segment Label")
+        if max_length is not None and len(keep) > max_length:
+            raise MiniBertInputError(
+                f"row has {len(keep)} tokens, more than the model's {max_length} positions; prepare the data with "
+                f"--max-seq-length {max_length} or less",
+                file=file, row=row, column="BERT Input",
+            )
+        out["input_ids"].append([inputs[i] for i in keep])
+        out["token_type_ids"].append([segments[i] - 1 for i in keep])
+        out["labels"].append([labels[i] if labels[i] != PAD_ID else -100 for i in keep])
+        out["next_sentence_label"].append(1 - int(is_next))
+    return out
+
+
+def _load_one_csv(path: str, vocab_size, max_length, num_proc):
+    import datasets
+
+    header = _read_header(path)
+    for column in REQUIRED_COLUMNS:
+        if column not in header:
+            raise MiniBertInputError(f"missing column (found: {', '.join(repr(h) for h in header)})",
+                                     file=path, column=column)
+    features = datasets.Features({name: datasets.Value("string") for name in header})
+    if num_proc is None:
+        num_proc = min(4, os.cpu_count() or 1) if os.path.getsize(path) > (64 << 20) else None
+    try:
+        raw = datasets.load_dataset(
+            "csv", data_files=os.path.abspath(path), split="train", features=features,
+            column_names=header, skiprows=1, na_filter=False, keep_default_na=False, encoding="utf-8",
+        )
+    except MiniBertInputError:
+        raise
+    except Exception as error:  # pandas/pyarrow parse errors arrive wrapped by datasets
+        cause = error
+        while cause.__cause__ is not None or cause.__context__ is not None:
+            cause = cause.__cause__ or cause.__context__
+        reason = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
+        if isinstance(cause, UnicodeDecodeError):
+            reason = "not valid UTF-8 text (binary data?)"
+        raise MiniBertInputError(f"cannot parse as CSV: {reason}", file=path) from None
+    if len(raw) == 0:
+        raise MiniBertInputError("no data rows (only a header)", file=path)
+    output = datasets.Features({
+        "input_ids": datasets.List(datasets.Value("int32")),
+        "token_type_ids": datasets.List(datasets.Value("int8")),
+        "labels": datasets.List(datasets.Value("int32")),
+        "next_sentence_label": datasets.Value("int64"),
+    })
+    return raw.map(
+        _convert_batch,
+        batched=True,
+        batch_size=1000,
+        with_indices=True,
+        remove_columns=raw.column_names,
+        features=output,
+        num_proc=num_proc,
+        fn_kwargs={"file": path, "vocab_size": vocab_size, "max_length": max_length},
+        desc=f"reading {os.path.basename(path)}",
+    )
+
+
+def load_pretraining_csv(path_or_paths, vocab_size: int | None = None, max_length: int | None = None,
+                         num_proc: int | None = None):
+    """Read pre-training CSVs (ours or the course lab's) into a ``datasets.Dataset`` in HF conventions.
+
+    Columns: ``input_ids`` (padding positions dropped), ``token_type_ids`` (0 = ``[CLS]`` A ``[SEP]``, 1 = B
+    ``[SEP]``), ``labels`` (the target id, -100 = not a target), ``next_sentence_label`` (0 = B follows A,
+    1 = random). Every cell is checked; a problem raises :class:`MiniBertInputError` (a ``ValueError``) naming the
+    file, the row (``row N`` = the N-th data row, the header not counted) and the column. ``vocab_size``: also
+    reject ids outside ``[0, vocab_size)``; ``max_length``: reject rows longer than that.
+    A UTF-8 BOM is fine.
+    """
+    import datasets
+
+    if isinstance(path_or_paths, (str, os.PathLike)):
+        paths = [os.fspath(path_or_paths)]
+    else:
+        paths = [os.fspath(p) for p in path_or_paths]
+    if not paths:
+        raise MiniBertInputError("no CSV files given")
+    parts = [_load_one_csv(p, vocab_size, max_length, num_proc) for p in paths]
+    return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+
+
+# --------------------------------------------------------------------------------------------------
+# Batching
+# --------------------------------------------------------------------------------------------------
+
+
+def collate_batch(examples: Sequence[dict], pad_to_multiple_of: int | None = None) -> dict:
+    """Pad a list of rows to the longest (optionally rounded up to a multiple) into batch-first long tensors:
+    ``input_ids`` (pad 0), ``token_type_ids`` (pad 0), ``attention_mask`` (1 = real token), ``labels`` (pad -100,
+    so padding is never a target) and ``next_sentence_label`` when the rows have it."""
+    import torch
+
+    if not examples:
+        raise ValueError("collate_batch needs at least one example")
+    rows = [np.asarray(e["input_ids"], dtype=np.int64) for e in examples]
+    lengths = [len(r) for r in rows]
+    width = max(lengths)
+    if pad_to_multiple_of:
+        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    size = (len(rows), width)
+    input_ids = np.full(size, PAD_ID, dtype=np.int64)
+    token_type_ids = np.zeros(size, dtype=np.int64)
+    attention_mask = np.zeros(size, dtype=np.int64)
+    labels = np.full(size, -100, dtype=np.int64)
+    has_types = "token_type_ids" in examples[0]
+    has_labels = "labels" in examples[0]
+    for i, (example, row, n) in enumerate(zip(examples, rows, lengths)):
+        input_ids[i, :n] = row
+        attention_mask[i, :n] = 1
+        if has_types:
+            token_type_ids[i, :n] = example["token_type_ids"]
+        if has_labels:
+            labels[i, :n] = example["labels"]
+    batch = {
+        "input_ids": torch.from_numpy(input_ids),
+        "token_type_ids": torch.from_numpy(token_type_ids),
+        "attention_mask": torch.from_numpy(attention_mask),
+        "labels": torch.from_numpy(labels),
+    }
+    if "next_sentence_label" in examples[0]:
+        batch["next_sentence_label"] = torch.tensor([int(e["next_sentence_label"]) for e in examples],
+                                                    dtype=torch.long)
+    return batch
+
+
+class DynamicMasking:
+    """A collator that draws fresh MLM masks every call (RoBERTa-style dynamic masking on top of our CSV rows).
+
+    It collates with :func:`collate_batch`, restores the original tokens (input = label where label != -100), then
+    picks each non-special, non-padding token as a target with probability ``mlm_probability`` (at least one per
+    row), replacing 80% of targets by ``[MASK]``, 10% by a random non-special token and leaving 10% unchanged.
+
+    With ``seed`` it has its own generator (offset by the DataLoader worker id, so workers differ); without, it uses
+    torch's global generator (which the DataLoader seeds per worker).
+    """
+
+    def __init__(self, vocab_size: int, mlm_probability: float = 0.15, special_ids=SPECIAL_IDS, mask_id: int = MASK_ID,
+                 seed: int | None = None, pad_to_multiple_of: int | None = None):
+        if not 0.0 < mlm_probability < 1.0:
+            raise ValueError(f"mlm_probability must be between 0 and 1, got {mlm_probability}")
+        self.vocab_size = int(vocab_size)
+        self.mlm_probability = float(mlm_probability)
+        self.special_ids = tuple(int(i) for i in special_ids)
+        self.mask_id = int(mask_id)
+        self.seed = seed
+        self.pad_to_multiple_of = pad_to_multiple_of
+        self._generator = None
+        self._worker = None
+        self._random_low = max(self.special_ids) + 1 if self.special_ids else 0
+
+    def _rng(self):
+        import torch
+
+        if self.seed is None:
+            return None
+        info = torch.utils.data.get_worker_info()
+        worker = info.id if info is not None else -1
+        if self._generator is None or worker != self._worker:
+            self._generator = torch.Generator().manual_seed(int(self.seed) + worker + 1)
+            self._worker = worker
+        return self._generator
+
+    def __call__(self, examples):
+        import torch
+
+        batch = collate_batch(examples, pad_to_multiple_of=self.pad_to_multiple_of)
+        generator = self._rng()
+        input_ids, labels = batch["input_ids"], batch["labels"]
+        input_ids = torch.where(labels != -100, labels, input_ids)
+        candidates = batch["attention_mask"].bool()
+        for special in self.special_ids:
+            candidates &= input_ids != special
+        probabilities = torch.full(input_ids.shape, self.mlm_probability)
+        targets = (torch.rand(input_ids.shape, generator=generator) < probabilities) & candidates
+        # at least one target in every row that has a candidate
+        empty = (~targets.any(dim=1)) & candidates.any(dim=1)
+        if empty.any():
+            scores = torch.rand(input_ids.shape, generator=generator).masked_fill(~candidates, -1.0)
+            pick = scores.argmax(dim=1)
+            rows = empty.nonzero(as_tuple=True)[0]
+            targets[rows, pick[rows]] = True
+        draw = torch.rand(input_ids.shape, generator=generator)
+        masked = targets & (draw < 0.8)
+        randomised = targets & (draw >= 0.8) & (draw < 0.9)
+        random_tokens = torch.randint(self._random_low, self.vocab_size, input_ids.shape, generator=generator)
+        new_inputs = input_ids.clone()
+        new_inputs[masked] = self.mask_id
+        new_inputs[randomised] = random_tokens[randomised]
+        batch["input_ids"] = new_inputs
+        batch["labels"] = torch.where(targets, input_ids, torch.full_like(input_ids, -100))
+        return batch
+
+
+def write_pretraining_csv(path, rows: Iterable[dict]) -> None:
+    """Write rows in HF conventions (``input_ids, token_type_ids, labels, next_sentence_label``) as a seed-format CSV
+    (the inverse of :func:`load_pretraining_csv`; handy for tests and for sharing data with the course lab)."""
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(CSV_COLUMNS)
+        for row in rows:
+            labels = [PAD_ID if x == -100 else int(x) for x in row["labels"]]
+            writer.writerow(("", _ids_text(row["input_ids"]), _ids_text(labels),
+                             ",".join(str(int(t) + 1) for t in row["token_type_ids"]),
+                             1 - int(row["next_sentence_label"])))
+    os.replace(tmp, path)

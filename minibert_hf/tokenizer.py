@@ -1,0 +1,146 @@
+"""Train and load the WordPiece tokenizer.
+
+The tokenizer is trained with the ``tokenizers`` library (BERT normalisation: clean text, lowercase, strip
+accents; BERT pre-tokenisation: split on whitespace and punctuation) and wrapped in transformers'
+``BertTokenizer`` (the fast, ``tokenizers``-backed class in transformers 5), so a saved folder loads with
+``AutoTokenizer.from_pretrained(folder)`` anywhere, without this package.
+
+Special ids follow the course lab: ``[PAD]=0 [CLS]=1 [SEP]=2 [MASK]=3 [UNK]=4``.
+``tokenizer(a, b)`` gives ``[CLS] a [SEP] b [SEP]`` with ``token_type_ids`` 0 for ``[CLS] a [SEP]`` and 1 for ``b [SEP]``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable, Iterator
+
+from .errors import MiniBertInputError
+
+PAD, CLS, SEP, MASK, UNK = "[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"
+SPECIAL_TOKENS = (PAD, CLS, SEP, MASK, UNK)
+PAD_ID, CLS_ID, SEP_ID, MASK_ID, UNK_ID = range(5)
+SPECIAL_IDS = (PAD_ID, CLS_ID, SEP_ID, MASK_ID, UNK_ID)
+
+DEFAULT_VOCAB_SIZE = 8192
+DEFAULT_MODEL_MAX_LENGTH = 128
+MIN_VOCAB_SIZE = len(SPECIAL_TOKENS) + 1
+
+
+def _batched_texts(texts: Iterable, batch_size: int = 1000) -> Iterator[list[str]]:
+    """Yield lists of strings; accepts strings or documents (lists of strings)."""
+    batch: list[str] = []
+    for item in texts:
+        if isinstance(item, str):
+            batch.append(item)
+        else:
+            batch.extend(item)
+        if len(batch) >= batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def build_hf_tokenizer(backend, model_max_length: int = DEFAULT_MODEL_MAX_LENGTH):
+    """Wrap a trained ``tokenizers.Tokenizer`` in a transformers fast tokenizer with our special tokens."""
+    from tokenizers import processors
+    from transformers import BertTokenizer
+
+    for token, expected in zip(SPECIAL_TOKENS, SPECIAL_IDS):
+        actual = backend.token_to_id(token)
+        if actual != expected:
+            raise MiniBertInputError(f"tokenizer has {token} at id {actual}, expected {expected}")
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{CLS}:0 $A:0 {SEP}:0",
+        pair=f"{CLS}:0 $A:0 {SEP}:0 $B:1 {SEP}:1",
+        special_tokens=[(CLS, CLS_ID), (SEP, SEP_ID)],
+    )
+    return BertTokenizer(
+        tokenizer_object=backend,
+        do_lower_case=True,
+        strip_accents=True,
+        pad_token=PAD,
+        cls_token=CLS,
+        sep_token=SEP,
+        mask_token=MASK,
+        unk_token=UNK,
+        model_max_length=model_max_length,
+        padding_side="right",
+    )
+
+
+def train_tokenizer(
+    texts: Iterable,
+    vocab_size: int = DEFAULT_VOCAB_SIZE,
+    model_max_length: int = DEFAULT_MODEL_MAX_LENGTH,
+    min_frequency: int = 2,
+    show_progress: bool = False,
+):
+    """Train a WordPiece tokenizer on ``texts`` and return a transformers fast tokenizer.
+
+    ``texts`` is an iterable of strings, or of documents (lists of strings); it is streamed once.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+
+    if int(vocab_size) < MIN_VOCAB_SIZE:
+        raise MiniBertInputError(f"vocab size must be at least {MIN_VOCAB_SIZE}, got {vocab_size}")
+    if int(model_max_length) < 3:
+        raise MiniBertInputError(f"model_max_length must be at least 3, got {model_max_length}")
+    backend = Tokenizer(models.WordPiece(unk_token=UNK, continuing_subword_prefix="##", max_input_chars_per_word=100))
+    backend.normalizer = normalizers.BertNormalizer(
+        clean_text=True, handle_chinese_chars=True, strip_accents=True, lowercase=True
+    )
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    backend.decoder = decoders.WordPiece(prefix="##")
+    trainer = trainers.WordPieceTrainer(
+        vocab_size=int(vocab_size),
+        min_frequency=min_frequency,
+        special_tokens=list(SPECIAL_TOKENS),
+        continuing_subword_prefix="##",
+        show_progress=show_progress,
+    )
+    seen = {"any": False}
+
+    def _iterate():
+        for batch in _batched_texts(texts):
+            if any(text.strip() for text in batch):
+                seen["any"] = True
+            yield batch
+
+    backend.train_from_iterator(_iterate(), trainer=trainer)
+    if not seen["any"]:
+        raise MiniBertInputError("no text to train the tokenizer on")
+    return build_hf_tokenizer(backend, model_max_length=model_max_length)
+
+
+def load_tokenizer(path, model_max_length: int | None = None):
+    """Load a tokenizer folder written by ``save_pretrained`` (ours or any BERT-style one with our special ids)."""
+    from transformers import AutoTokenizer
+
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise MiniBertInputError("tokenizer folder does not exist", file=path)
+    if not os.path.isdir(path):
+        raise MiniBertInputError("not a tokenizer folder (expected a directory with tokenizer.json)", file=path)
+    if not any(os.path.exists(os.path.join(path, name)) for name in ("tokenizer.json", "vocab.txt")):
+        raise MiniBertInputError("no tokenizer.json (or vocab.txt) in this folder", file=path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise MiniBertInputError(f"cannot load tokenizer: {error}", file=path) from error
+    check_special_ids(tokenizer, source=path)
+    if model_max_length is not None:
+        tokenizer.model_max_length = int(model_max_length)
+    return tokenizer
+
+
+def check_special_ids(tokenizer, source=None) -> None:
+    """Raise if the tokenizer does not use the course's special ids."""
+    for token, expected in zip(SPECIAL_TOKENS, SPECIAL_IDS):
+        actual = tokenizer.convert_tokens_to_ids(token)
+        if actual != expected:
+            raise MiniBertInputError(
+                f"tokenizer maps {token} to id {actual}; MiniBERT needs "
+                "[PAD]=0 [CLS]=1 [SEP]=2 [MASK]=3 [UNK]=4 (train one with prepare_data.py)",
+                file=source,
+            )
