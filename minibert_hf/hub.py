@@ -284,7 +284,7 @@ def _describe_corpus(data_info: Mapping):
     source = data_info.get("source")
     licence = data_info.get("license") or data_info.get("licence")
     attribution = data_info.get("attribution")
-    slug = data_info.get("dataset") or data_info.get("corpus")
+    slug = data_info.get("dataset")
     if source is not None and not isinstance(source, str):
         source = ", ".join(map(str, source)) if isinstance(source, (list, tuple)) else str(source)
     text = json.dumps(data_info, default=str).lower()
@@ -293,8 +293,11 @@ def _describe_corpus(data_info: Mapping):
         licence = licence or DEFAULT_CORPUS_LICENSE
         attribution = attribution or DEFAULT_CORPUS_ATTRIBUTION
         slug = slug or DEFAULT_CORPUS_SLUG
+    if licence and data_info.get("license_url") and data_info["license_url"] not in licence:
+        licence = f"{licence}, {data_info['license_url']}"
     if not slug:
-        slug = "custom-text-corpus" if source else "unknown"
+        name = data_info.get("corpus") or ("custom text corpus" if source else "")
+        slug = re.sub(r"[^a-z0-9]+", "-", str(name).lower()).strip("-") or "unknown"
     return source, licence, attribution, str(slug)
 
 
@@ -307,11 +310,11 @@ def _short_source(source) -> str:
 
 
 _DATA_LABELS = {
-    "num_documents": "Documents", "documents": "Documents", "num_sentences": "Sentences",
-    "num_train_examples": "Training pairs", "train_examples": "Training pairs", "train_rows": "Training pairs",
-    "num_test_examples": "Held-out pairs", "test_examples": "Held-out pairs", "test_rows": "Held-out pairs",
-    "vocab_size": "Vocabulary size", "max_seq_length": "Maximum sequence length",
-    "mlm_probability": "Masking probability", "num_words": "Words", "words": "Words", "num_tokens": "Tokens",
+    "corpus": "Corpus", "documents": "Documents", "num_documents": "Documents", "sentences": "Sentences",
+    "tokens": "Tokens", "pairs_train": "Training pairs (sentence pairs)", "train_rows": "Training pairs (sentence pairs)",
+    "pairs_test": "Held-out pairs", "test_rows": "Held-out pairs", "vocab_size": "Vocabulary size",
+    "max_seq_length": "Maximum sequence length", "mlm_probability": "Masking probability", "masking": "Masking",
+    "dupe_factor": "Duplication factor (passes over the corpus with fresh pairs/masks)",
 }
 
 
