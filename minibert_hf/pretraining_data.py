@@ -557,13 +557,15 @@ def _read_header(path: str) -> list[str]:
         head = head[3:]
     if b"\x00" in head:
         raise MiniBertInputError("not a CSV text file (contains NUL bytes; binary data?)", file=path)
-    first_line = head.split(b"\n", 1)[0].rstrip(b"\r")
+    first_line, _, rest = head.partition(b"\n")
     try:
-        text = first_line.decode("utf-8")
+        text = first_line.rstrip(b"\r").decode("utf-8")
     except UnicodeDecodeError:
-        raise MiniBertInputError("not a UTF-8 CSV file (the header is not valid text)", file=path) from None
+        raise MiniBertInputError("not a UTF-8 CSV file (binary data, or another text encoding?)", file=path) from None
     if not text.strip():
         raise MiniBertInputError("empty file (no CSV header)", file=path)
+    if len(head) < (1 << 16) and not rest.strip():
+        raise MiniBertInputError("no data rows (only a header)", file=path)
     header = next(csv.reader([text]))
     return [name.strip() for name in header]
 

@@ -1,0 +1,449 @@
+"""NSP pairs, MLM masking, the seed-format CSV, load_pretraining_csv, collate_batch and DynamicMasking."""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from minibert_hf.errors import MiniBertInputError
+from minibert_hf.pretraining_data import (
+    CSV_COLUMNS,
+    DynamicMasking,
+    collate_batch,
+    load_pretraining_csv,
+    prepare_pretraining_data,
+    write_pretraining_csv,
+)
+from minibert_hf.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID, train_tokenizer
+
+FIXTURES = Path(__file__).parent / "fixtures"
+MAX_LEN = 64
+WORDS = (
+    "amber basin cobalt drift ember fable garnet harbor island juniper kettle lantern meadow nectar orchard pebble "
+    "quarry river saddle thistle umber valley willow yarrow zephyr anchor bramble cinder delta elm fern glade hollow "
+    "ivory jasper kelp larch moss nimbus onyx prairie quill reed slate tundra vapor wharf alder birch cedar dune"
+).split()
+MARKER = re.compile(r"zx(\d+)y(\d+)")
+
+
+def generated_documents(n_docs: int = 240, seed: int = 0) -> list[list[str]]:
+    """Documents of 1-7 sentences; every sentence carries a marker zx<doc>y<sentence> so tests can tell where
+    a sentence came from. Some documents have one sentence only (they can only make random pairs)."""
+    rng = random.Random(seed)
+    documents = []
+    for d in range(n_docs):
+        sentences = []
+        for s in range(rng.choice([1, 3, 4, 5, 6, 7])):
+            words = [rng.choice(WORDS) for _ in range(rng.randint(4, 14))]
+            words.insert(rng.randint(1, len(words)), f"zx{d}y{s}")
+            sentences.append(words[0].capitalize() + " " + " ".join(words[1:]) + ".")
+        # two paragraphs sometimes, to exercise paragraph handling
+        if len(sentences) > 3:
+            documents.append([" ".join(sentences[:2]), " ".join(sentences[2:])])
+        else:
+            documents.append([" ".join(sentences)])
+    return documents
+
+
+def read_rows(path) -> list[dict]:
+    with open(path, encoding="utf-8", newline="") as handle:
+        reader = csv.DictReader(handle)
+        assert tuple(reader.fieldnames) == CSV_COLUMNS
+        rows = []
+        for row in reader:
+            rows.append({
+                "text": row["Original Text"],
+                "input": json.loads(row["BERT Input"]),
+                "label": json.loads(row["BERT Label"]),
+                "segment": [int(x) for x in row["Segment Label"].split(",")],
+                "is_next": int(row["Is Next"]),
+            })
+        return rows
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    texts = [p for doc in generated_documents() for p in doc]
+    texts += FIXTURES.joinpath("corpus.txt").read_text(encoding="utf-8").splitlines()
+    return train_tokenizer(texts, vocab_size=400, model_max_length=MAX_LEN)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory, tokenizer):
+    out = tmp_path_factory.mktemp("prepared")
+    stats = prepare_pretraining_data(
+        out, documents=generated_documents(), tokenizer=tokenizer, max_seq_length=MAX_LEN, test_size=0.1,
+        seed=7, dupe_factor=3, show_progress=False, num_workers=0, window=60,
+    )
+    return out, stats, read_rows(out / "train.csv") + read_rows(out / "test.csv")
+
+
+def original_tokens(row):
+    return [label if label != PAD_ID else token for token, label in zip(row["input"], row["label"])]
+
+
+# ---------------------------------------------------------------------------------------------- properties
+
+
+def test_rows_are_cls_a_sep_b_sep_within_max_length(prepared):
+    _, _, rows = prepared
+    assert len(rows) > 500
+    for row in rows:
+        tokens = original_tokens(row)
+        n = len(tokens)
+        assert 5 <= n <= MAX_LEN
+        assert len(row["input"]) == len(row["label"]) == len(row["segment"]) == n
+        assert tokens[0] == CLS_ID and tokens[-1] == SEP_ID
+        seps = [i for i, t in enumerate(tokens) if t == SEP_ID]
+        assert len(seps) == 2
+        first_sep = seps[0]
+        assert 1 < first_sep < n - 2  # A and B both non-empty
+        assert row["segment"] == [1] * (first_sep + 1) + [2] * (n - first_sep - 1)
+        assert CLS_ID not in tokens[1:] and PAD_ID not in tokens and MASK_ID not in tokens
+
+
+def test_target_fraction_and_80_10_10(prepared):
+    _, stats, rows = prepared
+    candidates = targets = masked = kept = randomised = 0
+    for row in rows:
+        tokens = original_tokens(row)
+        candidates += sum(1 for t in tokens if t >= 5)
+        for token, inp, label in zip(tokens, row["input"], row["label"]):
+            if label == PAD_ID:
+                assert inp == token
+                continue
+            targets += 1
+            assert label >= 5, "a special token is never a target"
+            if inp == MASK_ID:
+                masked += 1
+            elif inp == label:
+                kept += 1
+            else:
+                assert inp >= 5, "random replacements are never special tokens"
+                randomised += 1
+    assert abs(targets / candidates - 0.15) <= 0.015
+    assert abs(masked / targets - 0.8) <= 0.03
+    assert abs(randomised / targets - 0.1) <= 0.03
+    assert abs(kept / targets - 0.1) <= 0.03
+    assert stats["target_fraction"] == pytest.approx(targets / candidates, abs=1e-4)
+
+
+def test_nsp_balance_and_negatives_never_the_true_next(prepared):
+    _, stats, rows = prepared
+    is_next = [row["is_next"] for row in rows]
+    assert abs(sum(is_next) / len(is_next) - 0.5) <= 0.05
+    negatives = positives = 0
+    for row in rows:
+        text_a, text_b = row["text"].split(" [SEP] ")
+        a = [(int(d), int(s)) for d, s in MARKER.findall(text_a)]
+        b = [(int(d), int(s)) for d, s in MARKER.findall(text_b)]
+        assert a and b
+        if row["is_next"]:
+            positives += 1
+            assert {d for d, _ in b} == {a[0][0]}
+            assert b[0][1] == a[-1][1] + 1, "B starts right after A"
+        else:
+            negatives += 1
+            assert a[0][0] not in {d for d, _ in b}, "a random B comes from another document"
+    assert negatives > 100 and positives > 100
+
+
+def test_split_is_by_document_and_stats(prepared):
+    out, stats, _ = prepared
+    train_docs = {int(d) for row in read_rows(out / "train.csv") for d, _ in MARKER.findall(row["text"].split(" [SEP] ")[0])}
+    test_docs = {int(d) for row in read_rows(out / "test.csv") for d, _ in MARKER.findall(row["text"].split(" [SEP] ")[0])}
+    assert test_docs and train_docs and not (train_docs & test_docs)
+    assert len(test_docs) <= 24 and len(test_docs) >= 15  # 10% of 240 documents (minus one-sentence ones)
+    saved = json.loads((out / "stats.json").read_text())
+    assert saved == stats
+    for key in ("source", "license", "documents", "pairs", "tokens", "target_fraction", "nsp_is_next_fraction",
+                "seconds_total"):
+        assert key in saved
+    assert saved["documents"] == 240
+    assert saved["pairs"] == saved["pairs_train"] + saved["pairs_test"]
+    assert (out / "tokenizer" / "tokenizer.json").is_file()
+    assert not any(p.name.startswith(".prepare-tmp") for p in out.iterdir())
+
+
+def test_dupe_factor_gives_different_masks_and_pairings(tmp_path, tokenizer):
+    docs = generated_documents(60, seed=3)
+    one = prepare_pretraining_data(tmp_path / "one", documents=docs, tokenizer=tokenizer, max_seq_length=MAX_LEN,
+                                   test_size=0.0, dupe_factor=1, show_progress=False, num_workers=0)
+    two = prepare_pretraining_data(tmp_path / "two", documents=docs, tokenizer=tokenizer, max_seq_length=MAX_LEN,
+                                   test_size=0.0, dupe_factor=2, show_progress=False, num_workers=0)
+    assert 1.6 * one["pairs"] <= two["pairs"] <= 2.4 * one["pairs"]
+    rows = read_rows(tmp_path / "two" / "train.csv")
+    assert len({json.dumps(r["input"]) for r in rows}) > 0.9 * len(rows)
+
+
+def test_same_seed_gives_byte_identical_csvs_any_worker_count(tmp_path, tokenizer):
+    docs = generated_documents(120, seed=5)
+    kwargs = dict(documents=docs, tokenizer=tokenizer, max_seq_length=MAX_LEN, test_size=0.2, show_progress=False,
+                  window=25)
+    prepare_pretraining_data(tmp_path / "a", seed=11, num_workers=0, **kwargs)
+    prepare_pretraining_data(tmp_path / "b", seed=11, num_workers=2, **kwargs)
+    prepare_pretraining_data(tmp_path / "c", seed=12, num_workers=0, **kwargs)
+    for name in ("train.csv", "test.csv"):
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert (tmp_path / "a" / "train.csv").read_bytes() != (tmp_path / "c" / "train.csv").read_bytes()
+
+
+def test_text_files_source_and_mlm_probability(tmp_path, tokenizer):
+    stats = prepare_pretraining_data(tmp_path, text_files=[FIXTURES / "corpus.txt"], tokenizer=tokenizer,
+                                     max_seq_length=MAX_LEN, mlm_probability=0.3, test_size=0.1,
+                                     show_progress=False, num_workers=0)
+    assert stats["documents"] == 39
+    assert stats["pairs_test"] > 0
+    assert abs(stats["target_fraction"] - 0.3) < 0.03
+    assert str(FIXTURES / "corpus.txt") in stats["source"]
+
+
+def test_trained_tokenizer_is_saved_and_used(tmp_path):
+    stats = prepare_pretraining_data(tmp_path, text_files=[FIXTURES / "corpus.txt"], vocab_size=300,
+                                     max_seq_length=MAX_LEN, show_progress=False, num_workers=0)
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")
+    assert len(tok) == stats["vocab_size"] <= 300 and stats["tokenizer_trained"]
+    assert tok.model_max_length == MAX_LEN
+    ids = set(i for r in read_rows(tmp_path / "train.csv") for i in r["input"])
+    assert max(ids) < len(tok)
+
+
+@pytest.mark.parametrize(
+    "documents, fragment",
+    [
+        ([["Only one sentence here."]], "too little text"),
+        ([["First sentence of the only document. And a second one follows it."]], "at least 2 documents"),
+        ([], "too little text"),
+    ],
+)
+def test_too_little_text_is_a_clear_error_and_leaves_nothing(tmp_path, tokenizer, documents, fragment):
+    with pytest.raises(MiniBertInputError, match=fragment):
+        prepare_pretraining_data(tmp_path / "out", documents=documents, tokenizer=tokenizer, show_progress=False,
+                                 num_workers=0)
+    assert not (tmp_path / "out" / "train.csv").exists()
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------- reading CSVs
+
+
+def test_our_csv_reads_back_in_hf_conventions(prepared):
+    out, _, _ = prepared
+    rows = read_rows(out / "test.csv")
+    dataset = load_pretraining_csv(out / "test.csv", vocab_size=400, max_length=MAX_LEN)
+    assert dataset.column_names == ["input_ids", "token_type_ids", "labels", "next_sentence_label"]
+    assert len(dataset) == len(rows)
+    for row, example in zip(rows, dataset):
+        assert example["input_ids"] == row["input"]
+        assert example["token_type_ids"] == [s - 1 for s in row["segment"]]
+        assert example["labels"] == [l if l else -100 for l in row["label"]]
+        assert example["next_sentence_label"] == 1 - row["is_next"]
+
+
+LAB_CSV = (
+    "Original Text,BERT Input,BERT Label,Segment Label,Is Next\n"
+    # A = 3 tokens padded to B's length: [PAD]s between A's [SEP] and B, and after B
+    '"the cat sat [SEP] it was warm and sunny","[1, 10, 3, 12, 2, 0, 0, 20, 21, 3, 23, 2, 0, 0]",'
+    '"[0, 0, 11, 0, 0, 0, 0, 0, 0, 22, 0, 0, 0, 0]","1,1,1,1,1,0,0,2,2,2,2,2,0,0",1\n'
+    '"a b [SEP] c d","[1, 30, 31, 2, 40, 3, 2]","[0, 0, 0, 0, 0, 41, 0]","1,1,1,1,2,2,2",0\n'
+)
+
+
+def test_course_lab_csv_with_inner_padding_is_converted(tmp_path):
+    path = tmp_path / "lab.csv"
+    path.write_text(LAB_CSV, encoding="utf-8")
+    dataset = load_pretraining_csv(path, vocab_size=50)
+    first, second = dataset[0], dataset[1]
+    assert first["input_ids"] == [1, 10, 3, 12, 2, 20, 21, 3, 23, 2]
+    assert first["token_type_ids"] == [0, 0, 0, 0, 0, 1, 1, 1, 1, 1]
+    assert first["labels"] == [-100, -100, 11, -100, -100, -100, -100, 22, -100, -100]
+    assert first["next_sentence_label"] == 0  # Is Next 1 -> HF label 0
+    assert second["input_ids"] == [1, 30, 31, 2, 40, 3, 2]
+    assert second["token_type_ids"] == [0, 0, 0, 0, 1, 1, 1]
+    assert second["labels"] == [-100] * 5 + [41, -100]
+    assert second["next_sentence_label"] == 1
+    # several files at once
+    assert len(load_pretraining_csv([path, path])) == 4
+
+
+def test_utf8_bom_and_multiline_text_cells(tmp_path):
+    path = tmp_path / "bom.csv"
+    body = LAB_CSV.replace('"a b [SEP] c d"', '"a b\nsecond line [SEP] c d"')
+    path.write_bytes(b"\xef\xbb\xbf" + body.encode("utf-8"))
+    dataset = load_pretraining_csv(path)
+    assert len(dataset) == 2 and dataset[1]["input_ids"] == [1, 30, 31, 2, 40, 3, 2]
+
+
+def test_write_pretraining_csv_round_trip(tmp_path):
+    rows = [{"input_ids": [1, 7, 3, 2, 9, 2], "token_type_ids": [0, 0, 0, 0, 1, 1],
+             "labels": [-100, -100, 8, -100, -100, -100], "next_sentence_label": 1}]
+    write_pretraining_csv(tmp_path / "x.csv", rows)
+    assert load_pretraining_csv(tmp_path / "x.csv").to_list() == rows
+
+
+HEADER = "Original Text,BERT Input,BERT Label,Segment Label,Is Next"
+GOOD = 'x,"[1, 10, 2, 11, 2]","[0, 10, 0, 0, 0]","1,1,1,2,2",1'
+
+
+def row(inputs="[1, 10, 2, 11, 2]", labels="[0, 10, 0, 0, 0]", segments="1,1,1,2,2", is_next="1"):
+    return f'x,"{inputs}","{labels}","{segments}",{is_next}'
+
+
+def drop_column(name):
+    columns = HEADER.split(",")
+    index = columns.index(name)
+    cells = next(csv.reader([GOOD]))
+    del columns[index], cells[index]
+    buffer = ",".join(columns) + "\n" + ",".join(f'"{c}"' for c in cells) + "\n"
+    return buffer.encode()
+
+
+def lines(*data_rows):
+    return ("\n".join([HEADER, *data_rows]) + "\n").encode()
+
+
+BAD_CSVS = [
+    # (case id, file bytes or special path, kwargs, fragments expected in the message)
+    ("empty-file", b"", {}, ["empty file"]),
+    ("header-only", lines(), {}, ["no data rows"]),
+    ("blank-lines-only", b"\n\n\n", {}, ["empty file"]),
+    ("missing-BERT-Input", drop_column("BERT Input"), {}, ["missing column", "'BERT Input'"]),
+    ("missing-BERT-Label", drop_column("BERT Label"), {}, ["missing column", "'BERT Label'"]),
+    ("missing-Segment-Label", drop_column("Segment Label"), {}, ["missing column", "'Segment Label'"]),
+    ("missing-Is-Next", drop_column("Is Next"), {}, ["missing column", "'Is Next'"]),
+    ("broken-json", lines(GOOD, row(inputs="[1, 10, 2, 11")), {}, ["row 2", "'BERT Input'", "not a JSON list"]),
+    ("json-object", lines(row(inputs='{""a"": 1}')), {}, ["row 1", "'BERT Input'", "JSON dict"]),
+    ("json-number", lines(row(labels="7")), {}, ["'BERT Label'", "JSON int"]),
+    ("float-ids", lines(GOOD, GOOD, row(inputs="[1, 10.5, 2, 11, 2]")), {}, ["row 3", "'BERT Input'", "10.5"]),
+    ("bool-ids", lines(row(labels="[0, true, 0, 0, 0]")), {}, ["'BERT Label'", "true"]),
+    ("negative-id", lines(row(inputs="[1, -4, 2, 11, 2]")), {}, ["'BERT Input'", "negative token id -4"]),
+    ("too-large-id", lines(row(inputs="[1, 10, 2, 999, 2]")), {"vocab_size": 100}, ["'BERT Input'", "999", "100"]),
+    ("too-large-label", lines(row(labels="[0, 500, 0, 0, 0]")), {"vocab_size": 100}, ["'BERT Label'", "500"]),
+    ("empty-list", lines(row(inputs="[]", labels="[]", segments="")), {}, ["'BERT Input'", "empty list"]),
+    ("different-lengths", lines(row(labels="[0, 10, 0, 0]")), {}, ["row 1", "different lengths", "4"]),
+    ("segment-3", lines(row(segments="1,1,1,3,2")), {}, ["'Segment Label'", "segment value 3"]),
+    ("segment-text", lines(row(segments="1,1,a,2,2")), {}, ["'Segment Label'", "0/1/2"]),
+    ("segment-all-padding", lines(row(segments="0,0,0,0,0")), {}, ["'Segment Label'", "only padding"]),
+    ("is-next-2", lines(row(is_next="2")), {}, ["'Is Next'", "'2'"]),
+    ("is-next-blank", lines(row(is_next="")), {}, ["'Is Next'", "blank"]),
+    ("is-next-word", lines(row(is_next="yes")), {}, ["'Is Next'", "'yes'"]),
+    ("too-long-row", lines(row()), {"max_length": 4}, ["5 tokens", "4 positions"]),
+    ("binary-garbage", bytes(random.Random(0).randrange(256) for _ in range(3000)), {}, ["binary"]),
+    ("nul-after-header", lines(GOOD) + b"\xff\xfe\x00\x81garbage\n", {}, ["binary"]),
+    ("bad-utf8-deep-in-file", lines(*[GOOD] * 2000) + b"\xff\xfe\x81garbage\n", {}, ["cannot parse as CSV", "UTF-8"]),
+    ("latin1-header", "Original Text,BERT Input,BERT Label,Segment Label,Is Next,Caf\xe9\n".encode("latin-1")
+     + GOOD.encode() + b",x\n", {}, ["UTF-8"]),
+    ("directory", "DIR", {}, ["is a directory"]),
+    ("missing-path", "MISSING", {}, ["does not exist"]),
+]
+
+
+@pytest.mark.parametrize("case, content, kwargs, fragments", BAD_CSVS, ids=[c[0] for c in BAD_CSVS])
+def test_bad_csv_gives_clear_error_naming_file_row_column(tmp_path, case, content, kwargs, fragments):
+    if content == "DIR":
+        path = tmp_path / "data.csv"
+        path.mkdir()
+    elif content == "MISSING":
+        path = tmp_path / "nope.csv"
+    else:
+        path = tmp_path / "data.csv"
+        path.write_bytes(content)
+    with pytest.raises(MiniBertInputError) as caught:
+        load_pretraining_csv(path, **kwargs)
+    message = str(caught.value)
+    assert isinstance(caught.value, ValueError)
+    assert "\n" not in message
+    assert message.startswith(str(path)), message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+
+
+def test_valid_rows_around_errors_load_after_fix(tmp_path):
+    """The same file content minus the bad row loads (the error is about that row, not the file)."""
+    path = tmp_path / "data.csv"
+    path.write_bytes(lines(GOOD, GOOD, GOOD))
+    assert len(load_pretraining_csv(path, vocab_size=100, max_length=5)) == 3
+
+
+# ---------------------------------------------------------------------------------------------- batching
+
+
+EXAMPLES = [
+    {"input_ids": [1, 5, 6, 2, 7, 2], "token_type_ids": [0, 0, 0, 0, 1, 1], "labels": [-100, 5, -100, -100, -100, -100],
+     "next_sentence_label": 0},
+    {"input_ids": [1, 8, 2, 9, 2], "token_type_ids": [0, 0, 0, 1, 1], "labels": [-100, -100, -100, 9, -100],
+     "next_sentence_label": 1},
+]
+
+
+def test_collate_batch_pads_to_longest_and_to_multiple():
+    batch = collate_batch(EXAMPLES)
+    assert set(batch) == {"input_ids", "token_type_ids", "attention_mask", "labels", "next_sentence_label"}
+    assert all(t.dtype == torch.long for t in batch.values())
+    assert batch["input_ids"].tolist() == [[1, 5, 6, 2, 7, 2], [1, 8, 2, 9, 2, 0]]
+    assert batch["attention_mask"].tolist() == [[1] * 6, [1] * 5 + [0]]
+    assert batch["token_type_ids"].tolist() == [[0, 0, 0, 0, 1, 1], [0, 0, 0, 1, 1, 0]]
+    assert batch["labels"].tolist()[1] == [-100, -100, -100, 9, -100, -100]
+    assert batch["next_sentence_label"].tolist() == [0, 1]
+    padded = collate_batch(EXAMPLES, pad_to_multiple_of=8)
+    assert padded["input_ids"].shape == (2, 8)
+    assert (padded["labels"][padded["attention_mask"] == 0] == -100).all()
+
+
+def test_collate_batch_from_a_loaded_dataset(tmp_path):
+    path = tmp_path / "lab.csv"
+    path.write_text(LAB_CSV, encoding="utf-8")
+    dataset = load_pretraining_csv(path)
+    batch = collate_batch([dataset[0], dataset[1]])
+    assert batch["input_ids"].shape == (2, 10)
+    assert batch["attention_mask"].sum().item() == 17
+
+
+def big_examples(n=400, seed=0):
+    rng = random.Random(seed)
+    examples = []
+    for _ in range(n):
+        a, b = rng.randint(3, 30), rng.randint(3, 30)
+        ids = [CLS_ID] + [rng.randrange(5, 300) for _ in range(a)] + [SEP_ID] + [rng.randrange(5, 300) for _ in range(b)] + [SEP_ID]
+        labels = [-100] * len(ids)
+        inputs = list(ids)
+        for i in range(1, len(ids) - 1):  # a static mask as in our CSV
+            if ids[i] >= 5 and rng.random() < 0.15:
+                labels[i], inputs[i] = ids[i], MASK_ID
+        examples.append({"input_ids": inputs, "token_type_ids": [0] * (a + 2) + [1] * (b + 1), "labels": labels,
+                         "next_sentence_label": rng.randint(0, 1), "original": ids})
+    return examples
+
+
+def test_dynamic_masking_restores_and_redraws():
+    examples = big_examples()
+    collator = DynamicMasking(vocab_size=300, seed=3)
+    first = collator(examples)
+    second = collator(examples)
+    again = DynamicMasking(vocab_size=300, seed=3)(examples)
+    assert torch.equal(first["input_ids"], again["input_ids"]), "seeded: reproducible"
+    assert not torch.equal(first["labels"], second["labels"]), "fresh masks every call"
+    width = first["input_ids"].shape[1]
+    original = torch.tensor([e["original"] + [PAD_ID] * (width - len(e["original"])) for e in examples])
+    for batch in (first, second):
+        labels, inputs, attention = batch["labels"], batch["input_ids"], batch["attention_mask"]
+        targets = labels != -100
+        assert torch.equal(labels[targets], original[targets]), "labels are the original tokens"
+        assert torch.equal(inputs[~targets], original[~targets]), "non-targets are restored"
+        assert (original[targets] >= 5).all(), "special tokens and padding are never targets"
+        assert not (targets & (attention == 0)).any()
+        assert targets.any(dim=1).all(), "every row has a target"
+        candidates = (original >= 5).sum().item()
+        assert abs(targets.sum().item() / candidates - 0.15) < 0.015
+        masked = (inputs[targets] == MASK_ID).float().mean().item()
+        kept = (inputs[targets] == original[targets]).float().mean().item()
+        assert abs(masked - 0.8) < 0.03 and abs(kept - 0.1) < 0.03
+        assert (inputs[targets] >= 5).logical_or(inputs[targets] == MASK_ID).all()
