@@ -8,6 +8,7 @@ traceback. Other exceptions are bugs and keep their traceback.
 
 from __future__ import annotations
 
+import argparse
 import sys
 from typing import Callable, NoReturn
 
@@ -19,6 +20,13 @@ def fail(message: str, code: int = 2) -> NoReturn:
     line = " ".join(str(message).split())
     print(f"error: {line}", file=sys.stderr, flush=True)
     raise SystemExit(code)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """``argparse.ArgumentParser`` whose usage errors are one line (``error: prog: ... (see --help)``), exit 2."""
+
+    def error(self, message: str) -> NoReturn:  # noqa: D401 - argparse API
+        fail(f"{self.prog}: {message} (see --help)", code=2)
 
 
 def run_cli(main: Callable[..., object], *args, **kwargs) -> object:

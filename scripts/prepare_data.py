@@ -18,7 +18,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from minibert_hf.cli import fail, run_cli  # noqa: E402
+from minibert_hf.cli import ArgumentParser, fail, run_cli  # noqa: E402
 
 DEFAULT_OUTPUT_DIR = os.path.join("data", "default")
 
@@ -47,7 +47,7 @@ def fraction(low_open: bool):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         prog="prepare_data.py",
         description="Train a tokenizer and write NSP/MLM pre-training CSVs (train.csv, test.csv), tokenizer/ and "
         "stats.json. With no source: the default corpus (English Wikipedia Vital-Article leads, CC BY-SA 4.0, "

@@ -1,0 +1,107 @@
+"""The WordPiece tokenizer: special ids, pair encoding, AutoTokenizer round trip, bad folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from minibert_hf.errors import MiniBertInputError
+from minibert_hf.tokenizer import SPECIAL_TOKENS, check_special_ids, load_tokenizer, train_tokenizer
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    text = FIXTURES.joinpath("corpus.txt").read_text(encoding="utf-8")
+    return train_tokenizer([line for line in text.splitlines() if line], vocab_size=600, model_max_length=96)
+
+
+def test_special_ids_and_vocab_size(tokenizer):
+    assert [tokenizer.convert_tokens_to_ids(t) for t in SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
+    assert (tokenizer.pad_token_id, tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.mask_token_id,
+            tokenizer.unk_token_id) == (0, 1, 2, 3, 4)
+    assert 100 < len(tokenizer) <= 600
+    assert tokenizer.model_max_length == 96
+
+
+def test_pair_encoding_is_cls_a_sep_b_sep_with_segments(tokenizer):
+    encoded = tokenizer("The lighthouse keeper", "kept a logbook.")
+    ids, types = encoded["input_ids"], encoded["token_type_ids"]
+    tokens = tokenizer.convert_ids_to_tokens(ids)
+    assert tokens[0] == "[CLS]" and tokens[-1] == "[SEP]"
+    first_sep = tokens.index("[SEP]")
+    assert tokenizer.decode(ids[1:first_sep]) == "the lighthouse keeper"
+    assert tokenizer.decode(ids[first_sep + 1 : -1]) == "kept a logbook."
+    assert types == [0] * (first_sep + 1) + [1] * (len(ids) - first_sep - 1)
+    assert encoded["attention_mask"] == [1] * len(ids)
+    single = tokenizer("kept a logbook.")
+    assert single["input_ids"][0] == 1 and single["input_ids"][-1] == 2 and set(single["token_type_ids"]) == {0}
+
+
+def test_bert_normalisation_lowercase_and_accents(tokenizer):
+    assert tokenizer("Café NAÏVE")["input_ids"] == tokenizer("cafe naive")["input_ids"]
+    assert "[UNK]" not in tokenizer.convert_ids_to_tokens(tokenizer("The harbour bread")["input_ids"])
+    pieces = tokenizer.tokenize("lighthouses")
+    assert pieces[0] == "lighthouse" or any(p.startswith("##") for p in pieces)
+
+
+def test_autotokenizer_round_trip(tokenizer, tmp_path):
+    tokenizer.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "tokenizer_config.json").read_text())
+    assert config["model_max_length"] == 96
+    reloaded = AutoTokenizer.from_pretrained(tmp_path)
+    assert type(reloaded).__name__ == type(tokenizer).__name__
+    pair = ("Snow leopards are rarely seen.", "Their coats blend with the rocks!")
+    assert reloaded(*pair) == tokenizer(*pair)
+    assert reloaded.get_vocab() == tokenizer.get_vocab()
+    assert reloaded.model_max_length == 96 and reloaded.mask_token == "[MASK]"
+    batch = reloaded(["a short one", "a somewhat longer sentence here"], padding=True, return_tensors="pt")
+    assert batch["input_ids"][0, -1].item() == 0 and batch["attention_mask"][0, -1].item() == 0
+    assert load_tokenizer(tmp_path, model_max_length=64).model_max_length == 64
+
+
+def test_train_tokenizer_accepts_documents_and_rejects_bad_options():
+    docs = [["First paragraph of a document.", "Second paragraph."], ["Another document entirely."]] * 5
+    tok = train_tokenizer(docs, vocab_size=120)
+    assert tok("another document")["input_ids"][1:-1] != [4, 4]
+    with pytest.raises(MiniBertInputError, match="vocab size"):
+        train_tokenizer(["some text"], vocab_size=3)
+    with pytest.raises(MiniBertInputError, match="no text"):
+        train_tokenizer(["", "   "], vocab_size=100)
+
+
+def test_load_tokenizer_bad_folders(tmp_path, tokenizer):
+    with pytest.raises(MiniBertInputError, match="does not exist"):
+        load_tokenizer(tmp_path / "missing")
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(MiniBertInputError, match="not a tokenizer folder"):
+        load_tokenizer(tmp_path / "file.txt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MiniBertInputError, match="no tokenizer.json") as caught:
+        load_tokenizer(tmp_path / "empty")
+    assert str(tmp_path / "empty") in str(caught.value)
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "tokenizer.json").write_text("{not json")
+    with pytest.raises(MiniBertInputError, match="cannot load tokenizer"):
+        load_tokenizer(broken)
+
+
+def test_tokenizer_with_other_special_ids_is_rejected(tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[UNK]": 0, "[CLS]": 1, "[SEP]": 2, "[PAD]": 3, "[MASK]": 4, "hello": 5}
+    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    other = PreTrainedTokenizerFast(tokenizer_object=backend, unk_token="[UNK]", pad_token="[PAD]",
+                                    cls_token="[CLS]", sep_token="[SEP]", mask_token="[MASK]")
+    other.save_pretrained(tmp_path)
+    with pytest.raises(MiniBertInputError, match=r"\[PAD\]=0"):
+        load_tokenizer(tmp_path)
+    with pytest.raises(MiniBertInputError):
+        check_special_ids(other)
