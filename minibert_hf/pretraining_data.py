@@ -24,6 +24,7 @@ import os
 import random
 import shutil
 import time
+from itertools import chain
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Sequence
 
@@ -611,8 +612,87 @@ def _parse_segments(text, file, row, column) -> list[int]:
     return values
 
 
+class _NeedsRowByRow(Exception):
+    """The vectorised fast path met something unusual; the row-by-row path finds and names the problem."""
+
+
+def _flat_int_lists(cells, n):
+    try:
+        lists = json.loads("[" + ",".join(cells) + "]")
+    except (json.JSONDecodeError, TypeError):
+        raise _NeedsRowByRow from None
+    if len(lists) != n or any(type(x) is not list or not x for x in lists):
+        raise _NeedsRowByRow
+    flat = list(chain.from_iterable(lists))
+    if set(map(type, flat)) != {int}:
+        raise _NeedsRowByRow
+    try:
+        values = np.array(flat, dtype=np.int64)
+    except OverflowError:
+        raise _NeedsRowByRow from None
+    return values, np.fromiter(map(len, lists), dtype=np.int64, count=n)
+
+
+def _convert_batch_fast(batch, vocab_size, max_length):
+    """The common case, vectorised with numpy: every cell valid. Raises _NeedsRowByRow otherwise."""
+    import pyarrow as pa
+
+    n = len(batch["BERT Input"])
+    inputs, lengths = _flat_int_lists(batch["BERT Input"], n)
+    labels, label_lengths = _flat_int_lists(batch["BERT Label"], n)
+    segment_cells = batch["Segment Label"]
+    if any(not c or "[" in c for c in segment_cells):
+        raise _NeedsRowByRow
+    segment_lengths = np.fromiter((c.count(",") + 1 for c in segment_cells), dtype=np.int64, count=n)
+    try:
+        segments = np.array(",".join(segment_cells).split(","), dtype=np.int64)
+    except (ValueError, OverflowError):
+        raise _NeedsRowByRow from None
+    if not (np.array_equal(lengths, label_lengths) and np.array_equal(lengths, segment_lengths)):
+        raise _NeedsRowByRow
+    if ((segments < 0) | (segments > 2)).any() or inputs.min() < 0 or labels.min() < 0:
+        raise _NeedsRowByRow
+    if vocab_size is not None and max(inputs.max(), labels.max()) >= vocab_size:
+        raise _NeedsRowByRow
+    is_next = [(c or "").strip() for c in batch["Is Next"]]
+    if any(v not in ("0", "1") for v in is_next):
+        raise _NeedsRowByRow
+    keep = segments != 0
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    kept = np.add.reduceat(keep.astype(np.int64), starts)
+    if (kept == 0).any() or (max_length is not None and (kept > max_length).any()):
+        raise _NeedsRowByRow
+    offsets = pa.array(np.concatenate(([0], np.cumsum(kept))).astype(np.int32))
+    kept_labels = labels[keep]
+    kept_labels[kept_labels == PAD_ID] = -100
+    return pa.table({
+        "input_ids": pa.ListArray.from_arrays(offsets, pa.array(inputs[keep].astype(np.int32))),
+        "token_type_ids": pa.ListArray.from_arrays(offsets, pa.array((segments[keep] - 1).astype(np.int8))),
+        "labels": pa.ListArray.from_arrays(offsets, pa.array(kept_labels.astype(np.int32))),
+        "next_sentence_label": pa.array([1 - int(v) for v in is_next], type=pa.int64()),
+    })
+
+
+def _arrow_schema():
+    import pyarrow as pa
+
+    return pa.schema([("input_ids", pa.list_(pa.int32())), ("token_type_ids", pa.list_(pa.int8())),
+                      ("labels", pa.list_(pa.int32())), ("next_sentence_label", pa.int64())])
+
+
 def _convert_batch(batch, indices, *, file, vocab_size, max_length):
     """Seed conventions -> HF conventions for a batch of string rows (validating every cell)."""
+    try:
+        return _convert_batch_fast(batch, vocab_size, max_length)
+    except _NeedsRowByRow:
+        import pyarrow as pa
+
+        rows = _convert_batch_rows(batch, indices, file=file, vocab_size=vocab_size, max_length=max_length)
+        return pa.table(rows, schema=_arrow_schema())
+
+
+def _convert_batch_rows(batch, indices, *, file, vocab_size, max_length):
+    """Row by row, naming the row and column of the first problem."""
     out = {"input_ids": [], "token_type_ids": [], "labels": [], "next_sentence_label": []}
     for n, index in enumerate(indices):
         row = index + 1
