@@ -70,7 +70,8 @@ def read_rows(path) -> list[dict]:
 @pytest.fixture(scope="module")
 def tokenizer():
     texts = [p for doc in generated_documents() for p in doc]
-    texts += FIXTURES.joinpath("corpus.txt").read_text(encoding="utf-8").splitlines()
+    for name in ("corpus.txt", "more_docs.txt"):
+        texts += FIXTURES.joinpath(name).read_text(encoding="utf-8").splitlines()
     return train_tokenizer(texts, vocab_size=400, model_max_length=MAX_LEN)
 
 
@@ -195,13 +196,14 @@ def test_same_seed_gives_byte_identical_csvs_any_worker_count(tmp_path, tokenize
 
 
 def test_text_files_source_and_mlm_probability(tmp_path, tokenizer):
-    stats = prepare_pretraining_data(tmp_path, text_files=[FIXTURES / "corpus.txt"], tokenizer=tokenizer,
+    files = [FIXTURES / "corpus.txt", FIXTURES / "more_docs.txt"]
+    stats = prepare_pretraining_data(tmp_path, text_files=files, tokenizer=tokenizer,
                                      max_seq_length=MAX_LEN, mlm_probability=0.3, test_size=0.1,
                                      show_progress=False, num_workers=0)
-    assert stats["documents"] == 39
+    assert stats["documents"] == 39 + 12
     assert stats["pairs_test"] > 0
     assert abs(stats["target_fraction"] - 0.3) < 0.03
-    assert str(FIXTURES / "corpus.txt") in stats["source"]
+    assert str(FIXTURES / "corpus.txt") in stats["source"] and str(FIXTURES / "more_docs.txt") in stats["source"]
 
 
 def test_trained_tokenizer_is_saved_and_used(tmp_path):
