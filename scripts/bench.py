@@ -46,7 +46,9 @@ BENCH_CONFIG = dict(vocab_size=30522, hidden_size=256, num_hidden_layers=4, num_
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    from minibert_hf.cli import ArgumentParser
+
+    p = ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     data = p.add_argument_group("data")
     data.add_argument("--csv", help="a prepared pretraining CSV to take batches from (default: the default corpus, "
@@ -273,7 +275,8 @@ def prepare_data(args):
             cache_dir() / f"bench-data-v{args.vocab_size}-l{args.max_seq_length}")
         csv_path = data_dir / "train.csv"
     need_prep = not csv_path.is_file()
-    if need_prep or not args.no_prep_bench:
+    # With --csv, a preparation is timed only on --text-files (never a download behind the user's back).
+    if need_prep or (not args.no_prep_bench and (data_dir is not None or args.text_files)):
         with tempfile.TemporaryDirectory(prefix="minibert-bench-") as tmp:
             text_files = args.text_files
             if not text_files:
@@ -658,7 +661,6 @@ def main(argv=None):
     from minibert_hf.pretraining_data import DynamicMasking, collate_batch, load_pretraining_csv
 
     output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     machine = machine_info(args)
     print(f"[bench] run {run_name(args)}: {machine['torch_threads']} threads, load {machine['load_average_start']}",
           flush=True)
@@ -731,6 +733,7 @@ def main(argv=None):
         "training": training,
         "memory": memory,
     }
+    output_dir.mkdir(parents=True, exist_ok=True)
     results_path = output_dir / "results.json"
     results = {"runs": {}}
     if results_path.is_file():
