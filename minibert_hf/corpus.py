@@ -36,7 +36,7 @@ Document = list  # list[str]: the paragraphs of one document
 _ABBREVIATIONS = frozenset(
     """
     mr mrs ms dr prof sr jr st mt ft gen col lt sgt capt cmdr adm gov sen rep rev hon pres supt
-    vs etc al cf eg ie viz approx ca circa fig figs no nos vol vols pp ed eds est dept univ assn corp inc ltd co bros
+    vs etc al cf eg ie viz approx ca circa fig figs no nos op vol vols pp ed eds est dept univ assn corp inc ltd co bros
     jan feb mar apr jun jul aug sep sept oct nov dec mon tue wed thu fri sat sun
     e.g i.e a.m p.m u.s u.k u.n e.u d.c b.c a.d b.c.e c.e ph.d m.d b.a m.a b.sc m.sc
     """.split()
@@ -215,8 +215,9 @@ def read_hf_dataset(name_or_path: str, column: str = "text", split: str = "train
                 dataset = dataset[split]
         else:
             dataset = datasets.load_dataset(name_or_path, split=split)
-    except (FileNotFoundError, ValueError, KeyError) as error:
-        raise MiniBertInputError(f"cannot load dataset: {error}", file=name_or_path) from None
+    except Exception as error:  # not found, offline, bad config name...: all are "cannot use this source"
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise MiniBertInputError(f"cannot load dataset: {reason[:300]}", file=name_or_path) from None
     if column not in dataset.column_names:
         raise MiniBertInputError(
             f"no column {column!r} (columns: {', '.join(dataset.column_names)})", file=name_or_path
