@@ -23,7 +23,6 @@ import torch
 from minibert_hf import MiniBertConfig, MiniBertForMaskedLM, MiniBertForPreTraining
 from minibert_hf.errors import MiniBertInputError
 from minibert_hf.inference import MLMResult, NSPResult, load_model, predict_mlm, predict_nsp
-from minibert_hf.tokenizer import train_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -62,11 +61,34 @@ def _story_batch(tokenizer, rng: random.Random, generator: torch.Generator, size
                 labels=labels, next_sentence_label=torch.tensor(nsp))
 
 
+def story_tokenizer():
+    """A WordPiece tokenizer over the words of the fixture corpus and STORY, wrapped like the project's.
+
+    Built from a sorted word list rather than with ``train_tokenizer``: the ``tokenizers`` trainer breaks
+    frequency ties differently from one process to the next, and these tests need the same ids every run.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    from minibert_hf.tokenizer import SPECIAL_TOKENS, UNK, build_hf_tokenizer
+
+    corpus = FIXTURES / "corpus.txt"
+    texts = corpus.read_text(encoding="utf-8").splitlines() if corpus.is_file() else []
+    normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=True,
+                                            lowercase=True)
+    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    words = {word for text in texts + STORY for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))}
+    chars = sorted({char for word in words for char in word})
+    vocab = list(SPECIAL_TOKENS) + sorted(words) + [c for c in chars if c not in words] + ["##" + c for c in chars]
+    backend = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token=UNK))
+    backend.normalizer = normalizer
+    backend.pre_tokenizer = pre_tokenizer
+    backend.decoder = decoders.WordPiece(prefix="##")
+    return build_hf_tokenizer(backend, model_max_length=64)
+
+
 def build_trained_folder(folder: Path, steps: int = 400, lr: float = 5e-3) -> Path:
-    """Tokenizer trained on the fixture corpus plus STORY; tiny MiniBertForPreTraining trained on STORY pairs."""
-    texts = [line for line in (FIXTURES / "corpus.txt").read_text(encoding="utf-8").splitlines() if line.strip()] \
-        if (FIXTURES / "corpus.txt").is_file() else []
-    tokenizer = train_tokenizer(texts + STORY * 5, vocab_size=1000, model_max_length=64)
+    """A tiny MiniBertForPreTraining trained on STORY sentence pairs (MLM + NSP), saved with its tokenizer."""
+    tokenizer = story_tokenizer()
     config = MiniBertConfig.from_preset("tiny", vocab_size=len(tokenizer), max_position_embeddings=64,
                                         hidden_size=64, intermediate_size=128,
                                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
@@ -287,12 +309,7 @@ def test_predict_nsp_errors(folder, loaded):
 # ------------------------------------------------------------------------------------------------ CLI
 
 
-def test_predict_cli_prints_seed_style_sentences(folder):
-    follows = run_script("predict.py", "nsp", "--model", folder, STORY[2], STORY[3])
-    assert follows.returncode == 0, follows.stderr
-    assert follows.stdout.splitlines()[0] == "The second sentence follows the first."
-    assert "probability" in follows.stdout
-
+def test_predict_cli_mlm_prints_the_filled_sentence_and_candidates(folder):
     filled = run_script("predict.py", "mlm", "--model", folder, "the dog [MASK] by the [MASK] .", "--top-k", "2")
     assert filled.returncode == 0, filled.stderr
     lines = filled.stdout.splitlines()
@@ -311,13 +328,19 @@ def load_script(name: str):
     return module
 
 
-def test_predict_cli_says_when_b_does_not_follow(folder, capsys):
+@pytest.mark.parametrize("pair, expected", [
+    ((STORY[2], STORY[3]), "The second sentence follows the first."),
+    ((STORY[0], STORY[4]), "The second sentence does not follow the first."),
+])
+def test_predict_cli_nsp_answers_in_the_seed_words(folder, capsys, pair, expected):
     from minibert_hf.cli import run_cli
 
     with pytest.raises(SystemExit) as exit_info:
-        run_cli(load_script("predict").main, ["nsp", "--model", str(folder), STORY[0], STORY[4]])
+        run_cli(load_script("predict").main, ["nsp", "--model", str(folder), *pair])
     assert exit_info.value.code == 0
-    assert capsys.readouterr().out.splitlines()[0] == "The second sentence does not follow the first."
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == expected
+    assert out[1].startswith("probability that the second sentence follows the first: ")
 
 
 def _broken_folders(folder: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
@@ -363,21 +386,18 @@ def _broken_folders(folder: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
     return cases
 
 
-def test_predict_cli_bad_input_one_line_exit_2(folder, tmp_path):
-    # The real process for a few cases (no traceback reaches the terminal) ...
-    cases = _broken_folders(folder, tmp_path)
-    for name in ("no config", "other model type", "corrupted weights"):
-        path, fragment = cases[name]
-        proc = run_script("predict.py", "mlm", "--model", path, "the [MASK] .")
-        line = assert_one_line_error(proc, 2, fragment)
-        assert str(path) in line, name
-    proc = run_script("predict.py", "mlm", "--model", folder, "no mask in this one .")
-    assert_one_line_error(proc, 2, "no [MASK]")
+def test_predict_cli_bad_model_in_a_real_process(folder, tmp_path):
+    # One real process: the one-line error reaches the terminal without a traceback.
+    path, fragment = _broken_folders(folder, tmp_path)["corrupted weights"]
+    proc = run_script("predict.py", "mlm", "--model", path, "the [MASK] .")
+    line = assert_one_line_error(proc, 2, fragment)
+    assert str(path) in line
 
 
-@pytest.mark.parametrize("case", ["truncated weights", "no weights", "config not JSON", "missing folder",
+@pytest.mark.parametrize("case", ["no config", "other model type", "corrupted weights", "truncated weights",
+                                  "no weights", "config not JSON", "missing folder",
                                   "a file, not a folder", "one text for nsp", "two texts for mlm", "too long",
-                                  "top-k 0"])
+                                  "top-k 0", "no mask"])
 def test_predict_cli_bad_input_in_process(folder, tmp_path, capsys, case):
     from minibert_hf.cli import run_cli
 
@@ -392,12 +412,15 @@ def test_predict_cli_bad_input_in_process(folder, tmp_path, capsys, case):
             "two texts for mlm": (["mlm", "--model", str(folder), "a [MASK] .", "b ."], "mlm takes one sentence"),
             "too long": (["mlm", "--model", str(folder), "the cat " * 40 + "[MASK]"], "at most 64 tokens"),
             "top-k 0": (["mlm", "--model", str(folder), "the [MASK] .", "--top-k", "0"], "--top-k"),
+            "no mask": (["mlm", "--model", str(folder), "no mask in this one ."], "no [MASK]"),
         }[case]
     with pytest.raises(SystemExit) as exit_info:
         run_cli(predict_script.main, argv)
     assert exit_info.value.code == 2
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
+    if case in folders:
+        assert str(folders[case][0]) in err[0]  # names the folder (or its config.json)
 
 
 # ------------------------------------------------------------------------------------------------ fill-mask
