@@ -1,0 +1,420 @@
+"""The pretraining loop: end to end, learning, evaluation arithmetic, exact resume, 2 processes == accumulation,
+NaN safety, atomic folders and option checking. Everything uses the "tiny" preset and a few steps."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from minibert_hf import training
+from minibert_hf.errors import MiniBertInputError, UserError
+from minibert_hf.pretraining_data import load_pretraining_csv, prepare_pretraining_data, write_pretraining_csv
+from minibert_hf.training import TrainingArguments, TrainingDiverged, evaluate, list_checkpoints, train
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = ROOT / "tests" / "fixtures"
+EVAL_KEYS = {"eval_loss", "eval_mlm_loss", "eval_nsp_loss", "eval_mlm_accuracy", "eval_nsp_accuracy",
+             "eval_perplexity"}
+
+
+def _documents():
+    """Fixture prose when the data tests have written it; otherwise a small invented corpus."""
+    if sorted(FIXTURES.glob("*.txt")):
+        return None
+    rng = random.Random(0)
+    nouns = "river town bridge harbour market school garden farmer boat road lamp winter mill choir".split()
+    verbs = "crosses feeds opens watches builds paints follows carries".split()
+    docs = []
+    for _ in range(60):
+        sentences = [f"The {rng.choice(nouns)} {rng.choice(verbs)} the {rng.choice(nouns)} near the "
+                     f"{rng.choice(nouns)}." for _ in range(rng.randint(4, 7))]
+        docs.append([" ".join(sentences)])
+    return docs
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """train.csv/test.csv/tokenizer from the data pipeline, plus CSVs cut to exact row counts."""
+    folder = tmp_path_factory.mktemp("data")
+    docs = _documents()
+    prepare_pretraining_data(folder, text_files=None if docs else sorted(map(str, FIXTURES.glob("*.txt"))),
+                             documents=docs, vocab_size=300, max_seq_length=32, test_size=0.2, seed=1,
+                             show_progress=False)
+    rows = list(load_pretraining_csv(folder / "train.csv"))
+    assert len(rows) >= 64, len(rows)
+    write_pretraining_csv(folder / "train64.csv", rows[:64])
+    write_pretraining_csv(folder / "train16.csv", rows[:16])
+    write_pretraining_csv(folder / "train16x12.csv", rows[:16] * 12)  # 12 steps per epoch at batch 16
+    return folder
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models on a shared 2-core machine: one thread avoids oversubscription (3x faster here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each in-process train() gets a fresh Accelerator (accelerate keeps process-wide singletons)."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def args_for(data, out, **overrides):
+    base = dict(train_file=[str(data / "train64.csv")], test_file=[str(data / "test.csv")],
+                tokenizer=str(data / "tokenizer"), preset="tiny", output_dir=str(out), batch_size=16,
+                logging_steps=1, show_progress=False, learning_rate=1e-3)
+    return TrainingArguments(**{**base, **overrides})
+
+
+def read_metrics(out):
+    return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def no_temporary_names(out):
+    return [p for p in Path(out).rglob("*") if p.name.startswith((".tmp", ".old"))]
+
+
+REMOTE_LOADER = textwrap.dedent("""
+    import importlib.abc, json, sys
+
+    class Refuse(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "minibert_hf" or name.startswith("minibert_hf."):
+                raise ImportError("minibert_hf is blocked here")
+
+    sys.meta_path.insert(0, Refuse())
+    import torch
+    from transformers import AutoModelForPreTraining, AutoTokenizer
+
+    model = AutoModelForPreTraining.from_pretrained(sys.argv[1], trust_remote_code=True).eval()
+    tokenizer = AutoTokenizer.from_pretrained(sys.argv[1], trust_remote_code=True)
+    inputs = tokenizer("the river crosses the town", "the boat feeds the market", return_tensors="pt")
+    with torch.no_grad():
+        out = model(**inputs)
+    print(json.dumps({"class": type(model).__module__ + "." + type(model).__name__,
+                      "ids": inputs["input_ids"][0].tolist(), "nsp": out.seq_relationship_logits[0].tolist(),
+                      "leaked": [m for m in sys.modules if m.startswith("minibert_hf")]}))
+""")
+
+
+def test_end_to_end_run_writes_a_final_folder_that_loads_without_the_package(data, tmp_path):
+    out = tmp_path / "run"
+    result = train(args_for(data, out, epochs=1, eval_steps=2, checkpointing_steps=1, save_total_limit=2))
+
+    assert result["step"] == 4  # 64 rows / batch 16
+    for name in ("config.json", "model.safetensors", "configuration_minibert.py", "modeling_minibert.py",
+                 "tokenizer.json", "README.md", "loss_curve.png"):
+        assert (out / "final" / name).is_file(), name
+    assert (out / "epoch-1" / "model.safetensors").is_file()
+    assert json.loads((out / "final" / "config.json").read_text())["auto_map"]["AutoModelForPreTraining"]
+    assert [p.name for p in list_checkpoints(out)] == ["step-3", "step-4"]  # rotation keeps the newest 2
+    assert (out / "loss_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert no_temporary_names(out) == []
+
+    records = read_metrics(out)
+    evals = [r for r in records if "eval_loss" in r]
+    assert [r["step"] for r in evals] == [2, 4] and EVAL_KEYS <= set(evals[-1])
+    assert [r["step"] for r in records if "train_loss" in r] == [1, 2, 3, 4]
+    assert result["mlm_accuracy"] == pytest.approx(evals[-1]["eval_mlm_accuracy"], abs=1e-6)
+    assert "accuracy" in (out / "final" / "README.md").read_text().lower()
+
+    elsewhere = tmp_path / "elsewhere" / "model"
+    shutil.copytree(out / "final", elsewhere)
+    (tmp_path / "load.py").write_text(REMOTE_LOADER)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf_home"))
+    proc = subprocess.run([sys.executable, "-I", str(tmp_path / "load.py"), str(elsewhere)], cwd=elsewhere.parent,
+                          env=env, capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert loaded["leaked"] == [] and loaded["class"].endswith("modeling_minibert.MiniBertForPreTraining")
+    assert "minibert_hf" not in loaded["class"]
+
+    from minibert_hf import MiniBertForPreTraining
+
+    model = MiniBertForPreTraining.from_pretrained(out / "final").eval()
+    with torch.no_grad():
+        nsp = model(input_ids=torch.tensor([loaded["ids"]]),
+                    token_type_ids=torch.tensor([[0] * (loaded["ids"].index(2) + 1)
+                                                 + [1] * (len(loaded["ids"]) - loaded["ids"].index(2) - 1)])
+                    ).seq_relationship_logits[0]
+    assert torch.allclose(nsp, torch.tensor(loaded["nsp"]), atol=1e-5)
+
+
+def test_loss_goes_down_when_overfitting_a_tiny_set(data, tmp_path):
+    out = tmp_path / "run"
+    train(args_for(data, out, train_file=[str(data / "train16x12.csv")], test_file=[str(data / "train16.csv")],
+                   masking="static", max_steps=96, learning_rate=5e-3, warmup_ratio=0.0, logging_steps=12))
+    records = read_metrics(out)
+    losses = [r["train_loss"] for r in records if "train_loss" in r]
+    assert losses[-1] < 0.5 * losses[0], losses
+    final = [r for r in records if "eval_loss" in r][-1]
+    assert final["eval_mlm_accuracy"] > 0.6 and final["eval_nsp_accuracy"] >= 0.9, final
+
+
+def test_evaluate_matches_a_hand_computation(data):
+    from accelerate import Accelerator
+    from torch.utils.data import DataLoader
+
+    from minibert_hf import MiniBertConfig, MiniBertForPreTraining
+    from minibert_hf.pretraining_data import collate_batch
+
+    torch.manual_seed(0)
+    model = MiniBertForPreTraining(MiniBertConfig.from_preset("tiny", vocab_size=300)).eval()
+    rows = load_pretraining_csv(data / "test.csv").select(range(5))
+    accelerator = Accelerator(cpu=True)
+    loader = accelerator.prepare(DataLoader(rows, batch_size=2, collate_fn=collate_batch))  # 2 + 2 + 1 rows
+    got = evaluate(model, loader, accelerator)
+
+    mlm_losses, mlm_hits, nsp_losses, nsp_hits = [], [], [], []
+    with torch.no_grad():
+        for row in rows:  # one row at a time, full (non-sparse) logits, plain loops
+            out = model(input_ids=torch.tensor([row["input_ids"]]),
+                        token_type_ids=torch.tensor([row["token_type_ids"]]))
+            for position, label in enumerate(row["labels"]):
+                if label != -100:
+                    log_probs = torch.log_softmax(out.prediction_logits[0, position], -1)
+                    mlm_losses.append(-log_probs[label].item())
+                    mlm_hits.append(int(out.prediction_logits[0, position].argmax()) == label)
+            log_probs = torch.log_softmax(out.seq_relationship_logits[0], -1)
+            nsp_losses.append(-log_probs[row["next_sentence_label"]].item())
+            nsp_hits.append(int(out.seq_relationship_logits[0].argmax()) == row["next_sentence_label"])
+    mlm_loss = sum(mlm_losses) / len(mlm_losses)
+    expected = {"mlm_loss": mlm_loss, "nsp_loss": sum(nsp_losses) / 5, "loss": mlm_loss + sum(nsp_losses) / 5,
+                "mlm_accuracy": sum(mlm_hits) / len(mlm_hits), "nsp_accuracy": sum(nsp_hits) / 5,
+                "perplexity": float(torch.tensor(mlm_loss).exp())}
+    assert len(mlm_losses) > 5
+    for key, value in expected.items():
+        assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_gives_the_same_weights_as_a_straight_run(data, tmp_path, monkeypatch):
+    # 64 rows, batch 16, accumulation 2: 2 steps per epoch; 6 steps = 3 epochs; stop after step 3 (mid-epoch).
+    common = dict(max_steps=6, gradient_accumulation_steps=2, checkpointing_steps=1, save_total_limit=3,
+                  masking="dynamic", eval_steps=0)
+    straight = tmp_path / "straight"
+    train(args_for(data, straight, **common))
+
+    resumed = tmp_path / "resumed"
+    real_save = training.save_checkpoint
+
+    def save_then_die(accelerator, output_dir, step, *args, **kwargs):
+        folder = real_save(accelerator, output_dir, step, *args, **kwargs)
+        if step == 3:
+            raise Interrupted()
+        return folder
+
+    monkeypatch.setattr(training, "save_checkpoint", save_then_die)
+    with pytest.raises(Interrupted):
+        train(args_for(data, resumed, **common))
+    monkeypatch.setattr(training, "save_checkpoint", real_save)
+    assert not (resumed / "final").exists()
+    assert [p.name for p in list_checkpoints(resumed)] == ["step-1", "step-2", "step-3"]
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+    loads = []
+    real_load = torch.load
+
+    def recording_load(*args, **kwargs):
+        loads.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    train(args_for(data, resumed, resume_from_checkpoint="latest", **common))
+    assert loads and all(flag is True for flag in loads), loads  # nothing unpickled
+
+    a, b = load_file(straight / "final" / "model.safetensors"), load_file(resumed / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5, rtol=0), name
+    assert not torch.equal(a["minibert.embeddings.word_embeddings.weight"],
+                           load_file(resumed / "epoch-1" / "model.safetensors")[
+                               "minibert.embeddings.word_embeddings.weight"])
+    logged = {name: [(r["step"], r["train_loss"]) for r in read_metrics(out) if "train_loss" in r]
+              for name, out in (("straight", straight), ("resumed", resumed))}
+    assert [step for step, _ in logged["resumed"]] == [1, 2, 3, 4, 5, 6]  # no step logged twice
+    assert [loss for _, loss in logged["resumed"]] == pytest.approx([loss for _, loss in logged["straight"]],
+                                                                   abs=1e-6)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_match_one_process_with_twice_the_accumulation(data, tmp_path):
+    common = ["--train-file", str(data / "train64.csv"), "--test-file", str(data / "test.csv"),
+              "--tokenizer", str(data / "tokenizer"), "--preset", "tiny", "--batch-size", "8", "--max-steps", "4",
+              "--logging-steps", "1", "--no-progress", "--seed", "3"]
+    two = tmp_path / "two"
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    proc = subprocess.run([str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
+                           str(ROOT / "configs" / "cpu_ddp.yaml"), "--num_processes", "2", "--main_process_port",
+                           str(_free_port()), str(ROOT / "scripts" / "pretrain.py"), *common,
+                           "--output-dir", str(two)], env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = tmp_path / "one"
+    train(TrainingArguments(train_file=[str(data / "train64.csv")], test_file=[str(data / "test.csv")],
+                            tokenizer=str(data / "tokenizer"), preset="tiny", batch_size=8, max_steps=4,
+                            logging_steps=1, show_progress=False, seed=3, gradient_accumulation_steps=2,
+                            output_dir=str(one)))
+
+    runs = {name: read_metrics(out) for name, out in (("two", two), ("one", one))}
+    train_losses = {n: [r["train_loss"] for r in recs if "train_loss" in r] for n, recs in runs.items()}
+    assert len(train_losses["two"]) == 4
+    assert train_losses["two"] == pytest.approx(train_losses["one"], rel=1e-5)
+    evals = {n: [r for r in recs if "eval_loss" in r][-1] for n, recs in runs.items()}
+    for key in EVAL_KEYS:
+        assert evals["two"][key] == pytest.approx(evals["one"][key], rel=1e-4), key
+    a, b = load_file(two / "final" / "model.safetensors"), load_file(one / "final" / "model.safetensors")
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5), name
+
+
+def _inject_nan(monkeypatch, which):
+    """Make the loss of chosen training forwards NaN (as a real overflow would: NaN gradients follow)."""
+    real_build = training.build_model
+    seen = {"calls": 0, "initial": None}
+
+    def build(args, data):
+        model, tokenizer = real_build(args, data)
+        seen["initial"] = {k: v.clone() for k, v in model.state_dict().items()}
+
+        def hook(module, inputs, output):
+            if module.training:
+                seen["calls"] += 1
+                if which(seen["calls"]):
+                    output.loss = output.loss * float("nan")
+            return output
+
+        model.register_forward_hook(hook)
+        return model, tokenizer
+
+    monkeypatch.setattr(training, "build_model", build)
+    return seen
+
+
+def test_nonfinite_loss_never_updates_the_weights(data, tmp_path, monkeypatch):
+    seen = _inject_nan(monkeypatch, lambda call: True)
+    out = tmp_path / "run"
+    train(args_for(data, out, max_steps=3, weight_decay=0.1))
+    final = load_file(out / "final" / "model.safetensors")
+    for name, tensor in final.items():
+        assert torch.equal(tensor, seen["initial"][name]), name
+    skipped = [r for r in read_metrics(out) if r.get("skipped_nonfinite_step")]
+    assert [r["step"] for r in skipped] == [1, 2, 3]
+
+
+def test_one_nan_batch_is_skipped_and_training_goes_on(data, tmp_path, monkeypatch):
+    _inject_nan(monkeypatch, lambda call: call == 2)
+    out = tmp_path / "run"
+    result = train(args_for(data, out, max_steps=4))
+    assert result["step"] == 4 and all(torch.isfinite(t).all() for t in
+                                       load_file(out / "final" / "model.safetensors").values())
+    assert [r["step"] for r in read_metrics(out) if r.get("skipped_nonfinite_step")] == [2]
+
+
+def test_a_loss_that_stays_nan_stops_training_without_a_final_folder(data, tmp_path, monkeypatch):
+    _inject_nan(monkeypatch, lambda call: True)
+    out = tmp_path / "run"
+    with pytest.raises(TrainingDiverged, match="NaN or infinite for 5 steps"):
+        train(args_for(data, out, max_steps=20))
+    assert not (out / "final").exists()
+
+
+def test_latest_sees_only_complete_checkpoints(tmp_path):
+    checkpoints = tmp_path / "checkpoints"
+    for name, complete in (("step-2", True), ("step-10", True), ("step-12", False), (".tmp-step-14", True)):
+        (checkpoints / name).mkdir(parents=True)
+        if complete:
+            (checkpoints / name / "training_state.json").write_text("{}")
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-2", "step-10"]
+
+
+def test_save_model_folder_replaces_atomically(tmp_path, monkeypatch):
+    from minibert_hf import MiniBertConfig, MiniBertForPreTraining
+    from minibert_hf.tokenizer import train_tokenizer
+
+    model = MiniBertForPreTraining(MiniBertConfig.from_preset("tiny", vocab_size=60))
+    tokenizer = train_tokenizer(["the river crosses the town near the old mill"] * 5, vocab_size=60)
+    folder = training.save_model_folder(model, tokenizer, tmp_path / "final", metrics={"mlm_accuracy": 0.5})
+    before = (folder / "model.safetensors").read_bytes()
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(tokenizer, "save_pretrained", broken)
+    with pytest.raises(OSError):
+        training.save_model_folder(model, tokenizer, folder)
+    assert (folder / "model.safetensors").read_bytes() == before  # the old folder is intact
+    assert no_temporary_names(tmp_path) == []
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (dict(preset="huge"), "unknown preset 'huge'"),
+    (dict(max_steps=-1), "--max-steps must be at least 1"),
+    (dict(batch_size=0), "--batch-size must be at least 1"),
+    (dict(epochs=0), "--epochs must be at least 1"),
+    (dict(learning_rate=0.0), "--learning-rate must be positive"),
+    (dict(warmup_ratio=1.5), "--warmup-ratio"),
+    (dict(masking="sometimes"), "--masking must be static or dynamic"),
+    (dict(push_to_hub=True), "--push-to-hub needs --hub-model-id"),
+    (dict(train_file=["missing.csv"]), "missing.csv: file does not exist"),
+])
+def test_bad_options_are_one_clear_line(data, tmp_path, overrides, message):
+    with pytest.raises(UserError, match=message.replace("(", r"\(")) as error:
+        train(args_for(data, tmp_path / "run", **overrides))
+    assert "\n" not in str(error.value)
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_unwritable_output_dir_fails_before_training(data, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    with pytest.raises(UserError, match="cannot write to the output directory"):
+        train(args_for(data, blocker / "run"))
+
+
+def test_csv_ids_beyond_the_tokenizer_are_refused(data, tmp_path):
+    rows = list(load_pretraining_csv(data / "train16.csv"))
+    rows[3]["input_ids"][2] = 5000
+    write_pretraining_csv(tmp_path / "bad.csv", rows)
+    with pytest.raises(MiniBertInputError, match=r"bad\.csv, row 4"):
+        train(args_for(data, tmp_path / "run", train_file=[str(tmp_path / "bad.csv")]))
+    assert not (tmp_path / "run" / "final").exists()
+
+
+def test_cli_bad_option_prints_one_line_and_exits_2(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "pretrain.py"), "--preset", "huge",
+                           "--output-dir", str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["error: unknown preset 'huge'; choose one of: tiny, baby, mini, small"]
+    assert not (tmp_path / "run").exists()
