@@ -147,42 +147,42 @@ class PairBuilder:
                 longer.pop()
 
 
-class Masker:
-    """BERT's static masking: ``mlm_probability`` of the non-special tokens are targets (stochastically rounded per
-    row, at least one); of the targets 80% become ``[MASK]``, 10% a random non-special token, 10% stay unchanged."""
+def mask_rows(rows: Sequence[list], vocab_size: int, mlm_probability: float, rng: np.random.Generator):
+    """BERT's static masking for a list of rows of ids, vectorised.
 
-    def __init__(self, vocab_size: int, mlm_probability: float, rng: random.Random):
-        self.vocab_size = vocab_size
-        self.mlm_probability = mlm_probability
-        self.rng = rng
-        self.counts = {"targets": 0, "candidates": 0, "mask": 0, "random": 0, "keep": 0}
-
-    def __call__(self, tokens: list[int]) -> tuple[list[int], list[int]]:
-        """Mask one row of ids; returns ``(inputs, labels)`` with label 0 (``[PAD]``) at non-targets (seed format)."""
-        rng = self.rng
-        candidates = [i for i, t in enumerate(tokens) if t >= NUM_SPECIAL]
-        expected = len(candidates) * self.mlm_probability
-        count = int(expected)
-        if rng.random() < expected - count:
-            count += 1
-        count = min(len(candidates), max(1, count)) if candidates else 0
-        inputs = list(tokens)
-        labels = [PAD_ID] * len(tokens)
-        counts = self.counts
-        counts["candidates"] += len(candidates)
-        counts["targets"] += count
-        for position in rng.sample(candidates, count):
-            labels[position] = tokens[position]
-            draw = rng.random()
-            if draw < 0.8:
-                inputs[position] = MASK_ID
-                counts["mask"] += 1
-            elif draw < 0.9:
-                inputs[position] = rng.randrange(NUM_SPECIAL, self.vocab_size)
-                counts["random"] += 1
-            else:
-                counts["keep"] += 1
-        return inputs, labels
+    In each row, ``mlm_probability`` of the non-special tokens become targets (the count stochastically rounded, at
+    least one); of the targets 80% become ``[MASK]``, 10% a random non-special token, 10% stay unchanged.
+    Returns ``(inputs, labels, counts)``: flat int64 arrays (rows concatenated; labels 0 at non-targets, the seed
+    format) and a dict of counts.
+    """
+    lengths = np.fromiter(map(len, rows), dtype=np.int64, count=len(rows))
+    tokens = np.fromiter(chain.from_iterable(rows), dtype=np.int64, count=int(lengths.sum()))
+    row_of = np.repeat(np.arange(len(rows)), lengths)
+    candidate = tokens >= NUM_SPECIAL
+    positions = np.flatnonzero(candidate)
+    per_row = np.bincount(row_of[positions], minlength=len(rows))
+    expected = per_row * mlm_probability
+    wanted = np.floor(expected + rng.random(len(rows))).astype(np.int64)
+    wanted = np.minimum(per_row, np.maximum(wanted, 1))
+    # pick `wanted[r]` candidates of row r uniformly: sort candidates by (row, random key), keep the first ones
+    order = np.lexsort((rng.random(len(positions)), row_of[positions]))
+    sorted_positions = positions[order]
+    sorted_rows = row_of[sorted_positions]
+    row_start = np.concatenate(([0], np.cumsum(per_row)[:-1]))
+    rank = np.arange(len(sorted_positions)) - row_start[sorted_rows]
+    targets = sorted_positions[rank < wanted[sorted_rows]]
+    targets.sort()
+    draw = rng.random(len(targets))
+    inputs = tokens.copy()
+    labels = np.zeros_like(tokens)
+    labels[targets] = tokens[targets]
+    masked = targets[draw < 0.8]
+    randomised = targets[(draw >= 0.8) & (draw < 0.9)]
+    inputs[masked] = MASK_ID
+    inputs[randomised] = rng.integers(NUM_SPECIAL, vocab_size, len(randomised))
+    counts = {"targets": len(targets), "candidates": len(positions), "mask": len(masked),
+              "random": len(randomised), "keep": len(targets) - len(masked) - len(randomised)}
+    return inputs, labels, counts
 
 
 def _ids_text(ids: Iterable[int]) -> str:
@@ -203,6 +203,16 @@ def _documents_factory(documents, text_files) -> tuple[Callable[[], Iterator[lis
         return documents, {"name": "documents", "source": "given in Python", "license": "unknown"}
     documents = list(documents)
     return (lambda: iter(documents)), {"name": "documents", "source": "given in Python", "license": "unknown"}
+
+
+def _cpu_seconds() -> float:
+    """CPU time (user + system) of this process and its finished children, e.g. the pair-building workers."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return time.process_time()
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
 def _is_test(index: int, test_size: float) -> bool:
@@ -241,6 +251,7 @@ def prepare_pretraining_data(
     inline); each window has its own seeded generator, so the output is the same for any number of workers.
     """
     started = time.perf_counter()
+    cpu_started = _cpu_seconds()
     if int(max_seq_length) < 8:
         raise MiniBertInputError(f"max_seq_length must be at least 8, got {max_seq_length}")
     if not 0.0 < float(mlm_probability) < 1.0:
@@ -303,6 +314,7 @@ def prepare_pretraining_data(
             raise MiniBertInputError("no tokens after tokenisation", file=info.get("source"))
 
         total_seconds = time.perf_counter() - started
+        cpu_seconds = _cpu_seconds() - cpu_started
         masker_counts = counts.pop("masking")
         targets = max(1, masker_counts["targets"])
         stats = {
@@ -338,6 +350,8 @@ def prepare_pretraining_data(
             "seconds_pairs": round(pairs_seconds, 3),
             "seconds_total": round(total_seconds, 3),
             "mb_per_second": round(counts["raw_bytes"] / 1e6 / max(total_seconds, 1e-9), 3),
+            "cpu_seconds": round(cpu_seconds, 3),
+            "mb_per_cpu_second": round(counts["raw_bytes"] / 1e6 / max(cpu_seconds, 1e-9), 3),
         }
         (tmp / "stats.json").write_text(json.dumps(stats, indent=2) + "\n", encoding="utf-8")
 
@@ -376,8 +390,8 @@ def _process_window(job) -> tuple[str, dict]:
     split, window_number, texts, spare = job
     backend, params = _WORKER["backend"], _WORKER["params"]
     rng = random.Random(f"{params['seed']}/{split}/{window_number}")
+    np_rng = np.random.default_rng([int(params["seed"]) & 0xFFFFFFFF, 1 if split == "test" else 0, window_number])
     builder = PairBuilder(params["max_seq_length"], rng, params["short_seq_prob"])
-    masker = Masker(params["vocab_size"], params["mlm_probability"], rng)
     counts = {"sentences": 0, "tokens": 0, "pairs": 0, "row_tokens": 0, "is_next": 0}
 
     def tokenise(documents):
@@ -406,24 +420,34 @@ def _process_window(job) -> tuple[str, dict]:
         pool_docs, pool_texts = ids_docs + spare_ids, text_docs + spare_texts
     pool = [i for i, d in enumerate(pool_docs) if d]
 
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
+    rows, meta = [], []
     for _ in range(params["dupe_factor"]):
         for d in range(len(ids_docs)):
             if not ids_docs[d]:
                 continue
             for tokens_a, tokens_b, random_next, a_span, b_ref in builder.pairs_from_document(d, pool_docs, pool):
-                tokens = [CLS_ID, *tokens_a, SEP_ID, *tokens_b, SEP_ID]
-                inputs, labels = masker(tokens)
-                segments = "1," * (len(tokens_a) + 2) + "2," * (len(tokens_b) + 1)
-                text_a = " ".join(pool_texts[a_span[0]][a_span[1] : a_span[2] + 1])
-                text_b = " ".join(pool_texts[b_ref[0]][b_ref[1] : b_ref[2] + 1])
-                writer.writerow((f"{text_a} [SEP] {text_b}", _ids_text(inputs), _ids_text(labels), segments[:-1],
-                                 0 if random_next else 1))
-                counts["pairs"] += 1
-                counts["row_tokens"] += len(tokens)
-                counts["is_next"] += 0 if random_next else 1
-    counts["masking"] = masker.counts
+                rows.append([CLS_ID, *tokens_a, SEP_ID, *tokens_b, SEP_ID])
+                meta.append((len(tokens_a), len(tokens_b), random_next, a_span, b_ref))
+    if not rows:
+        counts["masking"] = {"targets": 0, "candidates": 0, "mask": 0, "random": 0, "keep": 0}
+        return "", counts
+    inputs, labels, counts["masking"] = mask_rows(rows, params["vocab_size"], params["mlm_probability"], np_rng)
+    inputs, labels = inputs.tolist(), labels.tolist()
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    offset = 0
+    for (len_a, len_b, random_next, a_span, b_ref) in meta:
+        end = offset + len_a + len_b + 3
+        segments = "1," * (len_a + 2) + "2," * (len_b + 1)
+        text_a = " ".join(pool_texts[a_span[0]][a_span[1] : a_span[2] + 1])
+        text_b = " ".join(pool_texts[b_ref[0]][b_ref[1] : b_ref[2] + 1])
+        writer.writerow((f"{text_a} [SEP] {text_b}", _ids_text(inputs[offset:end]), _ids_text(labels[offset:end]),
+                         segments[:-1], 0 if random_next else 1))
+        offset = end
+        counts["is_next"] += 0 if random_next else 1
+    counts["pairs"] = len(rows)
+    counts["row_tokens"] = offset
     return buffer.getvalue(), counts
 
 
