@@ -445,7 +445,11 @@ def _resolve_token(token: str | None) -> str:
         return token
     from huggingface_hub import get_token
 
-    found = get_token()  # HF_TOKEN, then the token saved by `hf auth login`
+    try:
+        found = get_token()  # HF_TOKEN, then the token saved by `hf auth login`
+    except Exception as error:  # noqa: BLE001 - e.g. a failed OIDC exchange (HF_OIDC_RESOURCE set)
+        raise HubError(f"cannot get a Hugging Face token ({error.__class__.__name__}); set HF_TOKEN or run "
+                       "`hf auth login`") from None
     if not found:
         raise HubError("no Hugging Face token found: set HF_TOKEN or run `hf auth login` (or pass token=...)")
     return found
