@@ -79,6 +79,7 @@ def parse_args(argv=None):
     run.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     run.add_argument("--bf16", action="store_true", help="bf16 autocast for both models")
     run.add_argument("--compile", action="store_true", help="torch.compile both models")
+    run.add_argument("--fused-adamw", action="store_true", help="AdamW(fused=True) for both models")
     run.add_argument("--learning-rate", type=float, default=1e-4)
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--name", help="the run's name in results.json (default: from --bf16/--compile/--threads)")
@@ -103,6 +104,8 @@ def run_name(args):
     name = "bf16" if args.bf16 else "fp32"
     if args.compile:
         name += "-compile"
+    if args.fused_adamw:
+        name += "-fusedadamw"
     if args.threads is not None:
         name += f"-t{args.threads}"
     return name
@@ -195,10 +198,12 @@ def copy_weights(ours, hf):
     return not_copied
 
 
-def optimizer_for(model, lr):
+def optimizer_for(model, args):
+    """The same optimizer for both models: torch's AdamW (its CPU default is the per-parameter loop)."""
     import torch
 
-    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    return torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.01,
+                             fused=True if args.fused_adamw else None)
 
 
 def make_train_step(model, optimizer, bf16):
@@ -390,7 +395,7 @@ def memory_child(args):
     if args.compile:
         model = torch.compile(model, dynamic=True)
     model.train()
-    step = make_train_step(model, optimizer_for(model, args.learning_rate), args.bf16)
+    step = make_train_step(model, optimizer_for(model, args), args.bf16)
     before = rss_bytes()
     reset = reset_peak_rss()
     for i in range(args.memory_steps):
@@ -420,8 +425,8 @@ def measure_memory(args, batches, vocab_size, argv):
 def measure_training(args, ours, hf, batches, held_out):
     import torch
 
-    steps = {"ours": make_train_step(ours, optimizer_for(ours, args.learning_rate), args.bf16),
-             "hf": make_train_step(hf, optimizer_for(hf, args.learning_rate), args.bf16)}
+    steps = {"ours": make_train_step(ours, optimizer_for(ours, args), args.bf16),
+             "hf": make_train_step(hf, optimizer_for(hf, args), args.bf16)}
     loss_start = {"ours": eval_loss(ours, held_out, args.bf16), "hf": eval_loss(hf, held_out, args.bf16)}
     ours.train()
     hf.train()
@@ -723,7 +728,8 @@ def main(argv=None):
                    "num_attention_heads": args.num_heads, "intermediate_size": args.intermediate_size,
                    "max_position_embeddings": args.max_position_embeddings, "batch_size": args.batch_size,
                    "max_seq_length": args.max_seq_length, "bf16": args.bf16, "compile": args.compile,
-                   "optimizer": f"AdamW(lr={args.learning_rate}, weight_decay=0.01)", "clip_grad_norm": 1.0},
+                   "optimizer": f"AdamW(lr={args.learning_rate}, weight_decay=0.01"
+                                f"{', fused=True' if args.fused_adamw else ''})", "clip_grad_norm": 1.0},
         "data": {"csv": str(csv_path), "rows": len(dataset), "tokenizer_vocab_size": tok_vocab,
                  "model_vocab_size": vocab_size},
         "weights": weights,
