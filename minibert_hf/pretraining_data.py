@@ -23,6 +23,7 @@ import math
 import os
 import random
 import shutil
+import sys
 import time
 from itertools import chain
 from pathlib import Path
@@ -139,12 +140,24 @@ class PairBuilder:
             i += 1
 
     def _truncate_pair(self, tokens_a: list, tokens_b: list) -> None:
-        while len(tokens_a) + len(tokens_b) > self.max_num_tokens:
-            longer = tokens_a if len(tokens_a) > len(tokens_b) else tokens_b
-            if self.rng.random() < 0.5:
-                del longer[0]
+        """Trim the longer side one token at a time, from its front or back at random (BERT's rule); the cuts are
+        counted first and applied once, so a huge sentence costs O(excess), not O(excess * length)."""
+        length_a, length_b = len(tokens_a), len(tokens_b)
+        cuts = {"a_front": 0, "a_back": 0, "b_front": 0, "b_back": 0}
+        random_ = self.rng.random
+        while length_a + length_b > self.max_num_tokens:
+            side = "a" if length_a > length_b else "b"
+            cuts[f"{side}_front" if random_() < 0.5 else f"{side}_back"] += 1
+            if side == "a":
+                length_a -= 1
             else:
-                longer.pop()
+                length_b -= 1
+        for tokens, front, back in ((tokens_a, cuts["a_front"], cuts["a_back"]),
+                                    (tokens_b, cuts["b_front"], cuts["b_back"])):
+            if back:
+                del tokens[len(tokens) - back:]
+            if front:
+                del tokens[:front]
 
 
 def mask_rows(rows: Sequence[list], vocab_size: int, mlm_probability: float, rng: np.random.Generator):
@@ -217,8 +230,11 @@ def _cpu_seconds() -> float:
 
 def _is_test(index: int, test_size: float) -> bool:
     """Deterministic, evenly spread split by document: document k is a test document when the running count of
-    test documents ``floor((k + 1) * test_size)`` steps up."""
-    return math.floor((index + 1) * test_size) > math.floor(index * test_size)
+    test documents ``floor(k * test_size + 1)`` steps up, i.e. documents 0, 1/test_size, 2/test_size, ... (the first
+    document is always a test document, so even a small corpus gets a non-empty test.csv)."""
+    if test_size <= 0:
+        return False
+    return math.floor((index + 1) * test_size + 1 - test_size) > math.floor(index * test_size + 1 - test_size)
 
 
 def prepare_pretraining_data(
@@ -452,6 +468,10 @@ def _process_window(job) -> tuple[str, dict]:
 
 
 def _default_workers() -> int:
+    """One worker per core (up to 4) on Linux, where workers are forked cheaply; elsewhere inline (0), because a
+    spawned worker would re-import torch and transformers (seconds each) before doing any work."""
+    if not sys.platform.startswith("linux"):
+        return 0
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:
@@ -528,7 +548,8 @@ def _write_pairs(documents, tokenizer, folder, max_seq_length, mlm_probability, 
                     return
                 spare = None
                 if len(texts) < 2:
-                    spare = previous[split] or previous["train" if split == "test" else "test"]
+                    other = "train" if split == "test" else "test"
+                    spare = previous[split] or previous[other] or (list(buffers[other]) or None)
                 previous[split] = texts
                 job = (split, windows[split], texts, spare)
                 windows[split] += 1

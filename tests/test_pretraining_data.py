@@ -449,3 +449,20 @@ def test_dynamic_masking_restores_and_redraws():
         kept = (inputs[targets] == original[targets]).float().mean().item()
         assert abs(masked - 0.8) < 0.03 and abs(kept - 0.1) < 0.03
         assert (inputs[targets] >= 5).logical_or(inputs[targets] == MASK_ID).all()
+
+
+def test_small_corpus_still_gets_a_test_split(tmp_path, tokenizer):
+    docs = generated_documents(6, seed=9)
+    stats = prepare_pretraining_data(tmp_path, documents=docs, tokenizer=tokenizer, max_seq_length=MAX_LEN,
+                                     test_size=0.05, show_progress=False, num_workers=0)
+    assert stats["documents_test"] == 1 and stats["pairs_test"] > 0 and stats["pairs_train"] > 0
+    assert len(load_pretraining_csv(tmp_path / "test.csv")) == stats["pairs_test"]
+
+
+def test_a_huge_sentence_is_truncated_quickly(tmp_path, tokenizer):
+    docs = [[" ".join(["amber"] * 50_000) + "."], ["Basin cobalt drift. Ember fable garnet."],
+            ["Harbor island juniper. Kettle lantern meadow."]]
+    stats = prepare_pretraining_data(tmp_path, documents=docs, tokenizer=tokenizer, max_seq_length=MAX_LEN,
+                                     test_size=0.0, show_progress=False, num_workers=0)
+    rows = read_rows(tmp_path / "train.csv")
+    assert stats["tokens"] > 50_000 and all(len(r["input"]) <= MAX_LEN for r in rows)
