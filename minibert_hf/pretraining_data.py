@@ -453,11 +453,16 @@ def _process_window(job) -> tuple[str, dict]:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     offset = 0
+    text_limit = 50 * params["max_seq_length"]  # characters of Original Text per side
     for (len_a, len_b, random_next, a_span, b_ref) in meta:
         end = offset + len_a + len_b + 3
         segments = "1," * (len_a + 2) + "2," * (len_b + 1)
         text_a = " ".join(pool_texts[a_span[0]][a_span[1] : a_span[2] + 1])
         text_b = " ".join(pool_texts[b_ref[0]][b_ref[1] : b_ref[2] + 1])
+        if len(text_a) > text_limit:  # a runaway "sentence" (no punctuation for pages): keep the CSV readable
+            text_a = text_a[:text_limit] + " ..."
+        if len(text_b) > text_limit:
+            text_b = text_b[:text_limit] + " ..."
         writer.writerow((f"{text_a} [SEP] {text_b}", _ids_text(inputs[offset:end]), _ids_text(labels[offset:end]),
                          segments[:-1], 0 if random_next else 1))
         offset = end
