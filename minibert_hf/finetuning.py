@@ -347,8 +347,12 @@ def finetune(
         output_dir = Path(output_dir)
         _check_writable(output_dir)
 
+    try:
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as error:
+        raise MiniBertInputError(f"device {str(device)!r} is not usable here ({str(error).splitlines()[0]})") from None
     model, tokenizer = load_classifier(model_name_or_path, data.num_labels, from_scratch, seed, data.label_names)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device)
     max_length = min(max_length, model.config.max_position_embeddings)
 

@@ -48,8 +48,9 @@ def main(argv=None) -> int:
     hub_logging.set_verbosity_error()  # no "Retrying in 2s" lines: a failure is reported once, below
     try:
         device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    except RuntimeError as error:
-        fail(f"--device: {error}")
+        torch.empty(0, device=device)  # fails now, with one line, if the device is not usable
+    except (RuntimeError, AssertionError) as error:
+        fail(f"--device {args.device}: not usable here ({str(error).splitlines()[0] if str(error) else 'no detail'})")
     try:
         model, tokenizer = load_model(args.model)
     except HubError as error:
