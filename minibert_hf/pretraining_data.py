@@ -737,7 +737,12 @@ def _convert_batch(batch, indices, *, file, vocab_size, max_length):
     except _NeedsRowByRow:
         import pyarrow as pa
 
-        rows = _convert_batch_rows(batch, indices, file=file, vocab_size=vocab_size, max_length=max_length)
+        try:
+            rows = _convert_batch_rows(batch, indices, file=file, vocab_size=vocab_size, max_length=max_length)
+        except MiniBertInputError as error:
+            # say once which row numbering this is (a quoted cell may span lines, so it is not the line number)
+            raise MiniBertInputError(f"{error.message} (rows are counted from 1 after the header)", file=error.file,
+                                     row=error.row, column=error.column) from None
         return pa.table(rows, schema=_arrow_schema())
 
 
