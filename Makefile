@@ -22,7 +22,9 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 pretrain: $(STAMP)
-	@echo "make pretrain: not yet (the training issue adds it)"
+	$(BIN)/accelerate launch --config_file configs/cpu.yaml scripts/pretrain.py --preset mini \
+		--output-dir $(OUTPUT) --overwrite-output-dir --max-steps 1200 \
+		--eval-steps 200 --checkpointing-steps 200
 
 clean:
 	rm -rf $(VENV) outputs

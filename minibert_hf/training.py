@@ -164,7 +164,8 @@ def train(args) -> dict:
     set_seed(args.seed)  # the same initial weights on every process and with any process count
     model, tokenizer = build_model(args, data)
     train_dl, eval_dl = make_dataloaders(data, args)
-    steps_per_epoch = math.ceil(math.ceil(len(train_dl) / accelerator.num_processes) / args.gradient_accumulation_steps)
+    batches_per_process = math.ceil(len(train_dl) / accelerator.num_processes)  # accelerate evens out the last
+    steps_per_epoch = math.ceil(batches_per_process / args.gradient_accumulation_steps)
     total_steps = args.max_steps or args.epochs * steps_per_epoch
     num_epochs = math.ceil(total_steps / steps_per_epoch)
 
@@ -185,9 +186,8 @@ def train(args) -> dict:
     if global_step and skip == 0:  # resumed at the end of an epoch: finish it (eval, epoch-N/) with no batches
         start_epoch, skip = start_epoch - 1, len(train_dl)
     log = MetricsLog(output_dir / "metrics.jsonl", accelerator, steps_per_epoch, truncate_after=global_step)
-    window = torch.zeros(5, dtype=torch.float64)  # loss, mlm_loss, nsp_loss, finite micro-batches, tokens
-    window_start, nonfinite_in_a_row, skipped_steps, metrics = time.perf_counter(), 0, 0, None
-    progress = make_progress(total_steps, global_step, accelerator.is_main_process and args.show_progress)
+    meter = TrainMeter(log, accelerator, args, total_steps, global_step)
+    metrics = None
 
     for epoch in range(start_epoch, num_epochs):
         model.train()
@@ -195,8 +195,8 @@ def train(args) -> dict:
         train_dl.set_epoch(epoch)
         batches = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
         for index, batch in enumerate(batches, start=skip):
-            torch.manual_seed(micro_batch_seed(args.seed, epoch, index * accelerator.num_processes
-                                               + accelerator.process_index))
+            micro_batch = index * accelerator.num_processes + accelerator.process_index
+            torch.manual_seed(micro_batch_seed(args.seed, epoch, micro_batch))  # dropout and dynamic masks
             if masker is not None:
                 batch = masker(batch)
             with accelerator.accumulate(model):
@@ -208,34 +208,11 @@ def train(args) -> dict:
                         optimizer.step()
                     lr_scheduler.step()
                     optimizer.zero_grad()
-            if torch.isfinite(outputs.loss):
-                window += torch.tensor([outputs.loss.item(), outputs.mlm_loss.item(), outputs.nsp_loss.item(), 1,
-                                        batch["attention_mask"].sum().item()], dtype=torch.float64)
+            meter.add(outputs, batch)
             if not accelerator.sync_gradients:
                 continue
-
             global_step += 1
-            progress.update(1)
-            if torch.isfinite(grad_norm):
-                nonfinite_in_a_row = 0
-            else:
-                nonfinite_in_a_row, skipped_steps = nonfinite_in_a_row + 1, skipped_steps + 1
-                log.write(step=global_step, skipped_nonfinite_step=True, skipped_steps=skipped_steps)
-                if nonfinite_in_a_row >= MAX_NONFINITE_IN_A_ROW:
-                    raise TrainingDiverged(
-                        f"the loss was NaN or infinite for {nonfinite_in_a_row} steps in a row (step {global_step}); "
-                        f"no weights were updated by those steps. Try a lower --learning-rate "
-                        f"(now {args.learning_rate}) or --mixed-precision no")
-            if args.logging_steps and global_step % args.logging_steps == 0:
-                sums = accelerator.reduce(window.to(accelerator.device), reduction="sum").cpu()
-                elapsed, count = time.perf_counter() - window_start, max(sums[3].item(), 1)
-                record = log.write(step=global_step, train_loss=sums[0].item() / count,
-                                   train_mlm_loss=sums[1].item() / count, train_nsp_loss=sums[2].item() / count,
-                                   learning_rate=lr_scheduler.get_last_lr()[0], grad_norm=grad_norm.item(),
-                                   tokens_per_second=sums[4].item() / elapsed, skipped_steps=skipped_steps)
-                progress.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{record['tokens_per_second']:.0f}")
-                window.zero_()
-                window_start = time.perf_counter()
+            meter.step_done(global_step, grad_norm, lr_scheduler.get_last_lr()[0])
             if args.eval_steps and global_step % args.eval_steps == 0:
                 metrics = evaluate_and_log(model, eval_dl, accelerator, log, global_step)
             if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
@@ -251,7 +228,7 @@ def train(args) -> dict:
         if global_step >= total_steps:
             break
 
-    progress.close()
+    meter.close()
     if metrics is None or metrics["step"] != global_step:  # e.g. resumed after the last step
         metrics = evaluate_and_log(model, eval_dl, accelerator, log, global_step)
     if args.checkpointing_steps and not (output_dir / "checkpoints" / f"step-{global_step}").exists():
@@ -365,17 +342,17 @@ def load_data(args) -> dict:
 
 
 def prepare_default_data(args) -> Path:
-    """The default corpus prepared once into a cache folder (MINIBERT_CACHE, default ~/.cache/minibert-hf)."""
+    """The default corpus prepared once (data seed and test split: prepare_data.py's defaults) into the cache
+    ($MINIBERT_CACHE, default ~/.cache/minibert-hf), reused by later runs."""
+    from .corpus import cache_dir
     from .pretraining_data import prepare_pretraining_data
 
-    cache = Path(os.environ.get("MINIBERT_CACHE") or Path.home() / ".cache" / "minibert-hf")
-    folder = cache / f"pretraining-default-v{args.vocab_size}-len{args.max_seq_length}-seed{args.seed}"
+    folder = cache_dir() / f"pretraining-default-vocab{args.vocab_size}-len{args.max_seq_length}"
     if not all((folder / name).exists() for name in ("train.csv", "test.csv", "tokenizer", "stats.json")):
         tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         print(f"Preparing the default corpus into {folder} (once) ...", flush=True)
-        prepare_pretraining_data(tmp, vocab_size=args.vocab_size, max_seq_length=args.max_seq_length,
-                                 seed=args.seed)
+        prepare_pretraining_data(tmp, vocab_size=args.vocab_size, max_seq_length=args.max_seq_length)
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
     return folder
@@ -670,7 +647,48 @@ def write_loss_curve(metrics_path, png_path) -> None:
     os.replace(tmp, png_path)
 
 
-def make_progress(total, initial, enabled):
-    from tqdm.auto import tqdm
+class TrainMeter:
+    """Training-side bookkeeping: running loss/token sums between log lines (summed over processes when
+    written), the progress bar, and the count of steps skipped for a NaN/inf gradient (abort after a few in a row)."""
 
-    return tqdm(total=total, initial=initial, disable=not enabled, desc="pretraining", unit="step", dynamic_ncols=True)
+    def __init__(self, log, accelerator, args, total_steps, initial_step):
+        from tqdm.auto import tqdm
+
+        self.log, self.accelerator, self.logging_steps = log, accelerator, args.logging_steps
+        self.learning_rate = args.learning_rate
+        self.window = torch.zeros(5, dtype=torch.float64)  # loss, mlm_loss, nsp_loss, finite micro-batches, tokens
+        self.started = time.perf_counter()
+        self.skipped, self.skipped_in_a_row = 0, 0
+        self.progress = tqdm(total=total_steps, initial=initial_step, desc="pretraining", unit="step",
+                             disable=not (accelerator.is_main_process and args.show_progress), dynamic_ncols=True)
+
+    def add(self, outputs, batch):
+        if torch.isfinite(outputs.loss):
+            self.window += torch.tensor([outputs.loss.item(), outputs.mlm_loss.item(), outputs.nsp_loss.item(), 1,
+                                         batch["attention_mask"].sum().item()], dtype=torch.float64)
+
+    def step_done(self, step, grad_norm, learning_rate):
+        self.progress.update(1)
+        if torch.isfinite(grad_norm):
+            self.skipped_in_a_row = 0
+        else:
+            self.skipped, self.skipped_in_a_row = self.skipped + 1, self.skipped_in_a_row + 1
+            self.log.write(step=step, skipped_nonfinite_step=True, skipped_steps=self.skipped)
+            if self.skipped_in_a_row >= MAX_NONFINITE_IN_A_ROW:
+                raise TrainingDiverged(
+                    f"the loss was NaN or infinite for {self.skipped_in_a_row} steps in a row (step {step}); "
+                    f"no weights were updated by those steps. Try a lower --learning-rate "
+                    f"(now {self.learning_rate}) or --mixed-precision no")
+        if self.logging_steps and step % self.logging_steps == 0:
+            sums = self.accelerator.reduce(self.window.to(self.accelerator.device), reduction="sum").cpu().tolist()
+            count, elapsed = max(sums[3], 1), time.perf_counter() - self.started
+            record = self.log.write(step=step, train_loss=sums[0] / count, train_mlm_loss=sums[1] / count,
+                                    train_nsp_loss=sums[2] / count, learning_rate=learning_rate,
+                                    grad_norm=grad_norm.item(), tokens_per_second=sums[4] / elapsed,
+                                    skipped_steps=self.skipped)
+            self.progress.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{record['tokens_per_second']:.0f}")
+            self.window.zero_()
+            self.started = time.perf_counter()
+
+    def close(self):
+        self.progress.close()

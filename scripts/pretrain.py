@@ -115,7 +115,8 @@ def show_result(result: dict) -> None:
     tokenizer = load_tokenizer(result["final"])
     try:
         nsp = predict_nsp(*NSP_EXAMPLE, model, tokenizer)
-        print(f"predict_nsp({NSP_EXAMPLE[0]!r}, {NSP_EXAMPLE[1]!r}):\n  {nsp.sentence}")
+        print(f"predict_nsp({NSP_EXAMPLE[0]!r}, {NSP_EXAMPLE[1]!r}):\n"
+              f"  {nsp.sentence()} (probability that B follows A: {nsp.probability:.2f})")
         mlm = predict_mlm(MLM_EXAMPLE, model, tokenizer)
         print(f"predict_mlm({MLM_EXAMPLE!r}):\n  {mlm}")
     except UserError as error:  # e.g. a model trained on short rows; the examples are a demonstration only
