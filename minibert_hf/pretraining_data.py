@@ -296,8 +296,14 @@ def prepare_pretraining_data(
         # 1. tokenizer
         t0 = time.perf_counter()
         if tokenizer is None:
+            first_pass = open_documents()
+            if show_progress:
+                from tqdm.auto import tqdm
+
+                total = len(first_pass) if hasattr(first_pass, "__len__") else None
+                first_pass = tqdm(first_pass, total=total, unit="doc", desc="tokenizer", mininterval=1.0)
             tokenizer = train_tokenizer(
-                (p for doc in open_documents() for p in doc),
+                (p for doc in first_pass for p in doc),
                 vocab_size=vocab_size,
                 model_max_length=max_seq_length,
                 show_progress=False,
