@@ -164,7 +164,8 @@ def predict_mlm(sentence: str, model, tokenizer, top_k: int = 5) -> MLMResult:
     inputs = _encode(model, tokenizer, sentence)
     positions = (inputs["input_ids"][0] == mask_id).nonzero().flatten().tolist()
     if not positions:
-        raise MiniBertInputError(f"the sentence has no {mask_token} to fill: {sentence!r}")
+        hint = f" (write {mask_token} exactly, in capitals)" if mask_token.lower() in sentence.lower() else ""
+        raise MiniBertInputError(f"the sentence has no {mask_token} to fill{hint}: {sentence!r}")
     outputs = _run(model, inputs)
     logits = getattr(outputs, "prediction_logits", None)
     if logits is None:
