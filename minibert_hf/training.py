@@ -127,10 +127,13 @@ class TrainingArguments:
                 raise MiniBertInputError("file does not exist", file=path)
             if os.path.isdir(path):
                 raise MiniBertInputError("is a directory, expected a CSV file", file=path)
-        for path in (self.tokenizer, self.init_from):
-            if path is not None and not os.path.isdir(path):
-                raise MiniBertInputError("folder does not exist" if not os.path.exists(path) else "not a folder",
-                                         file=path)
+        if self.tokenizer is not None and not os.path.isdir(self.tokenizer):
+            raise MiniBertInputError("folder does not exist" if not os.path.exists(self.tokenizer) else
+                                     "not a folder", file=self.tokenizer)
+        if self.init_from is not None:
+            from .inference import check_model_folder
+
+            check_model_folder(self.init_from)  # a MiniBERT save_pretrained folder with safetensors weights
 
 
 # ----------------------------------------------------------------------------------------------------- the loop
@@ -322,10 +325,8 @@ def load_data(args) -> dict:
 
     tokenizer = load_tokenizer(tokenizer_dir)
     vocab_size = len(tokenizer)
-    if args.init_from:
-        from transformers import AutoConfig
-
-        vocab_size = AutoConfig.from_pretrained(args.init_from).vocab_size  # checked against the tokenizer later
+    if args.init_from:  # the model's vocabulary bounds the CSV ids; build_model checks it covers the tokenizer
+        vocab_size = json.loads((Path(args.init_from) / "config.json").read_text(encoding="utf-8"))["vocab_size"]
     train = load_pretraining_csv(train_files if len(train_files) > 1 else train_files[0], vocab_size=vocab_size)
     test = load_pretraining_csv(test_files if len(test_files) > 1 else test_files[0], vocab_size=vocab_size)
     for name, dataset, files in (("training", train, train_files), ("test", test, test_files)):
@@ -365,9 +366,10 @@ def build_model(args, data):
     tokenizer = data["tokenizer"]
     if args.init_from:
         try:
-            model = MiniBertForPreTraining.from_pretrained(args.init_from)
-        except (OSError, ValueError, KeyError) as error:
-            raise MiniBertInputError(f"cannot load a MiniBERT model: {' '.join(str(error).split())}",
+            model = MiniBertForPreTraining.from_pretrained(args.init_from, use_safetensors=True)
+        except Exception as error:  # noqa: BLE001 - a corrupted folder becomes one clear line
+            first = (str(error).strip().splitlines() or [""])[0]
+            raise MiniBertInputError(f"cannot load the model ({type(error).__name__}: {first})",
                                      file=args.init_from) from error
         if model.config.vocab_size < len(tokenizer):
             raise MiniBertInputError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the "
@@ -460,15 +462,16 @@ def check_output_dir(output_dir: Path, args, process_index: int = 0) -> None:
 def atomic_folder(folder: Path, write) -> Path:
     """Call `write(tmp)` on a temporary sibling folder, then rename it to `folder` (replacing an older one)."""
     folder = Path(folder)
-    tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
+    tmp = folder.with_name(f".tmp-{folder.name}")  # one writer per folder (the main process); a crashed
+    shutil.rmtree(tmp, ignore_errors=True)        # run's leftover is cleared by the next save
     tmp.mkdir(parents=True)
     try:
         write(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = folder.with_name(f".old-{folder.name}-{os.getpid()}")
+    old = folder.with_name(f".old-{folder.name}")
+    shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
         os.replace(folder, old)
     os.replace(tmp, folder)

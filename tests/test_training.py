@@ -418,3 +418,39 @@ def test_cli_bad_option_prints_one_line_and_exits_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == ["error: unknown preset 'huge'; choose one of: tiny, baby, mini, small"]
     assert not (tmp_path / "run").exists()
+
+
+def test_sigkill_during_a_checkpoint_write_then_resume_latest_matches_a_straight_run(data, tmp_path):
+    """kill -9 while a checkpoint is being written (or soon after); `latest` must only see complete ones."""
+    import signal
+    import time
+
+    options = ["--train-file", str(data / "train64.csv"), "--test-file", str(data / "test.csv"),
+               "--tokenizer", str(data / "tokenizer"), "--preset", "tiny", "--batch-size", "16", "--max-steps", "8",
+               "--checkpointing-steps", "1", "--save-total-limit", "2", "--no-progress", "--logging-steps", "1"]
+    out = tmp_path / "killed"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    script = str(ROOT / "scripts" / "pretrain.py")
+    proc = subprocess.Popen([sys.executable, script, *options, "--output-dir", str(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline:
+        checkpoints = out / "checkpoints"
+        names = [p.name for p in checkpoints.iterdir()] if checkpoints.is_dir() else []
+        if any(n.startswith(".tmp-step-") and n != ".tmp-step-1" for n in names) or "step-4" in names:
+            break
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "final").exists()
+
+    resumed = subprocess.run([sys.executable, script, *options, "--output-dir", str(out),
+                              "--resume-from-checkpoint", "latest"], env=env, capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    straight = tmp_path / "straight"
+    train(args_for(data, straight, max_steps=8, checkpointing_steps=0))
+    a, b = load_file(straight / "final" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
+    for name in a:
+        assert torch.allclose(a[name], b[name], atol=1e-5, rtol=0), name
+    assert no_temporary_names(out / "final") == []
