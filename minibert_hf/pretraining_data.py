@@ -18,6 +18,7 @@ that converts; it drops padding positions (segment 0), wherever they are, so row
 from __future__ import annotations
 
 import csv
+import gc
 import json
 import math
 import os
@@ -523,9 +524,14 @@ def _write_pairs(documents, tokenizer, folder, max_seq_length, mlm_probability, 
         method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
         saved = os.environ.get("TOKENIZERS_PARALLELISM")
         os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per worker; silences the fork warning
+        # Forked workers share the parent's memory copy-on-write; freezing the parent's objects keeps the workers'
+        # garbage collector from touching (and so copying) them, so worker memory stays flat over a long run.
+        gc.collect()
+        gc.freeze()
         try:
             pool = multiprocessing.get_context(method).Pool(num_workers, _init_worker, (tokenizer_json, params))
         finally:
+            gc.unfreeze()
             if saved is None:
                 os.environ.pop("TOKENIZERS_PARALLELISM", None)
             else:
