@@ -58,6 +58,8 @@ def parse_args(argv=None):
                                          "(default: $MINIBERT_CACHE/bench-data-v<vocab>-l<max_seq_length>)")
     data.add_argument("--no-prep-bench", action="store_true",
                       help="do not time a data preparation when the prepared data already exists")
+    data.add_argument("--prep-repeat", type=int, default=1,
+                      help="time data preparation on the corpus repeated N times (memory should stay flat)")
     data.add_argument("--loader-batches", type=int, default=200,
                       help="batches to draw when timing DataLoader + collate")
     model = p.add_argument_group("model (defaults: the bench config)")
@@ -87,7 +89,7 @@ def parse_args(argv=None):
     p.add_argument("--memory-child", choices=("ours", "hf"), help=argparse.SUPPRESS)
     p.add_argument("--batches-file", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
-    for name in ("steps", "warmup", "batch_size", "max_seq_length", "loader_batches", "memory_steps"):
+    for name in ("steps", "warmup", "batch_size", "max_seq_length", "loader_batches", "memory_steps", "prep_repeat"):
         value = getattr(args, name)
         if value < (0 if name == "warmup" else 1):
             p.error(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'warmup' else 'positive'}, got {value}")
@@ -281,36 +283,61 @@ def prepare_data(args):
         csv_path = data_dir / "train.csv"
     need_prep = not csv_path.is_file()
     # With --csv, a preparation is timed only on --text-files (never a download behind the user's back).
-    if need_prep or (not args.no_prep_bench and (data_dir is not None or args.text_files)):
-        with tempfile.TemporaryDirectory(prefix="minibert-bench-") as tmp:
-            text_files = args.text_files
-            if not text_files:
-                from minibert_hf.corpus import DEFAULT_CORPUS_INFO, default_corpus_documents
+    timed = not args.no_prep_bench and (data_dir is not None or args.text_files)
+    if not (need_prep or timed):
+        return csv_path, None
+    with tempfile.TemporaryDirectory(prefix="minibert-bench-") as tmp:
+        text_files, source_info = args.text_files, None
+        if not text_files:
+            from minibert_hf.corpus import DEFAULT_CORPUS_INFO, default_corpus_documents
 
-                corpus_txt = Path(tmp) / "default_corpus.txt"
-                write_corpus_text(default_corpus_documents(), corpus_txt)
-                text_files = [str(corpus_txt)]
-                source_info = {k: DEFAULT_CORPUS_INFO[k] for k in ("name", "source", "license")}
-            else:
-                source_info = None
-            raw_bytes = sum(os.path.getsize(f) for f in text_files)
-            target = data_dir if need_prep and data_dir is not None else Path(tmp) / "prep"
+            corpus_txt = Path(tmp) / "default_corpus.txt"
+            write_corpus_text(default_corpus_documents(), corpus_txt)
+            text_files = [str(corpus_txt)]
+            source_info = {k: DEFAULT_CORPUS_INFO[k] for k in ("name", "source", "license")}
+
+        def run(files, target):
+            raw_bytes = sum(os.path.getsize(f) for f in files)
+            before = rss_bytes()
+            reset_peak_rss()
             started = time.perf_counter()
-            stats = prepare_pretraining_data(target, text_files=text_files, vocab_size=args.vocab_size,
+            stats = prepare_pretraining_data(target, text_files=files, vocab_size=args.vocab_size,
                                              max_seq_length=args.max_seq_length, seed=args.seed,
                                              show_progress=False, source_info=source_info)
             seconds = time.perf_counter() - started
-        prep = {
-            "raw_mb": round(raw_bytes / 1e6, 3),
-            "seconds": round(seconds, 3),
-            "mb_per_second": round(raw_bytes / 1e6 / seconds, 3),
-            "seconds_tokenizer": stats.get("seconds_tokenizer"),
-            "seconds_pairs": stats.get("seconds_pairs"),
-            "pairs": stats.get("pairs"),
-            "tokenizer_vocab_size": stats.get("vocab_size"),
-            "mean_row_length": stats.get("mean_row_length"),
-            "source": stats.get("corpus") or stats.get("source"),
-        }
+            children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
+            return {
+                "raw_mb": round(raw_bytes / 1e6, 3),
+                "repeat": 1,
+                "seconds": round(seconds, 3),
+                "mb_per_second": round(raw_bytes / 1e6 / seconds, 3),
+                "seconds_tokenizer": stats.get("seconds_tokenizer"),
+                "seconds_pairs": stats.get("seconds_pairs"),
+                "peak_rss_growth_mb": round((peak_rss_bytes() - before) / 2**20, 1),
+                "largest_child_peak_rss_mb": round(children / 2**20, 1),
+                "pairs": stats.get("pairs"),
+                "tokenizer_vocab_size": stats.get("vocab_size"),
+                "mean_row_length": stats.get("mean_row_length"),
+                "source": stats.get("corpus") or stats.get("source"),
+            }
+
+        if need_prep and data_dir is not None:
+            prep = run(text_files, data_dir)
+            if args.prep_repeat == 1 or not timed:
+                return csv_path, prep
+        if args.prep_repeat > 1:
+            # A corpus N times larger: the same documents again (each copy is new documents to the pipeline).
+            repeated = Path(tmp) / f"corpus_x{args.prep_repeat}.txt"
+            with open(repeated, "w", encoding="utf-8") as out:
+                for _ in range(args.prep_repeat):
+                    for name in text_files:
+                        with open(name, encoding="utf-8") as handle:
+                            for line in handle:
+                                out.write(line)
+                        out.write("\n\n")
+            text_files = [str(repeated)]
+        prep = run(text_files, Path(tmp) / "prep")
+        prep["repeat"] = args.prep_repeat
     return csv_path, prep
 
 
@@ -571,13 +598,16 @@ def render_markdown(results):
             f"{inf.get('ours_median_ms', float('nan')):.0f} / {inf.get('hf_median_ms', float('nan')):.0f} | "
             f"{inf.get('speedup_median_of_pairs', float('nan')):.2f}x | {mem_text} | "
             f"{t['ours']['held_out_loss_end']:.3f} / {t['hf']['held_out_loss_end']:.3f} |")
-    lines += ["", "## Data", "", "| run | prep MB/s | prep MB | loader batches/s (collate_batch) | "
-              "loader batches/s (DynamicMasking) | real / padded tokens per batch |", "|---|---:|---:|---:|---:|---:|"]
+    lines += ["", "## Data", "", "| run | prep MB/s | prep MB (corpus x repeat) | prep peak RSS growth MB "
+              "(main / largest worker) | loader batches/s (collate_batch) | loader batches/s (DynamicMasking) | "
+              "real / padded tokens per batch |", "|---|---:|---:|---:|---:|---:|---:|"]
     for name, run in runs.items():
         prep, loader, t = run.get("data_prep") or {}, run.get("loader", {}), run["training"]
+        memory = (f"{prep['peak_rss_growth_mb']:.0f} / {prep['largest_child_peak_rss_mb']:.0f}"
+                  if "peak_rss_growth_mb" in prep else "n/a")
         lines.append(
-            f"| {name} | {prep.get('mb_per_second', 'n/a')} | {prep.get('raw_mb', 'n/a')} | "
-            f"{loader.get('collate_batch_batches_per_second', 'n/a')} | "
+            f"| {name} | {prep.get('mb_per_second', 'n/a')} | {prep.get('raw_mb', 'n/a')} (x{prep.get('repeat', 1)}) | "
+            f"{memory} | {loader.get('collate_batch_batches_per_second', 'n/a')} | "
             f"{loader.get('dynamic_masking_batches_per_second', 'n/a')} | "
             f"{t['real_tokens_per_batch_mean']:.0f} / {t['padded_tokens_per_batch_mean']:.0f} |")
     lines += ["", "## Runs", ""]
@@ -672,8 +702,9 @@ def main(argv=None):
 
     csv_path, prep = prepare_data(args)
     if prep:
-        print(f"[bench] data prep: {prep['raw_mb']} MB in {prep['seconds']} s = {prep['mb_per_second']} MB/s",
-              flush=True)
+        print(f"[bench] data prep: {prep['raw_mb']} MB (corpus x{prep['repeat']}) in {prep['seconds']} s = "
+              f"{prep['mb_per_second']} MB/s; peak RSS growth {prep['peak_rss_growth_mb']} MB, largest worker "
+              f"{prep['largest_child_peak_rss_mb']} MB", flush=True)
     dataset = load_pretraining_csv(str(csv_path), max_length=args.max_seq_length)
     if len(dataset) < 2:
         from minibert_hf.errors import MiniBertInputError

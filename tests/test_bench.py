@@ -66,12 +66,18 @@ def test_bench_models_start_from_the_same_weights(bench_run):
 def test_bench_from_csv_adds_a_run(bench_run):
     out, data = bench_run
     done = run_bench("--steps", "1", "--warmup", "0", "--csv", str(data / "train.csv"), "--no-memory",
+                     "--text-files", str(CORPUS), "--prep-repeat", "2",
                      "--name", "from-csv", "--output-dir", str(out), *TINY)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = json.loads((out / "results.json").read_text())["runs"]
     assert set(runs) == {"fp32-t1", "from-csv"}
     assert runs["from-csv"]["memory"] is None
     assert runs["from-csv"]["data"]["csv"] == str(data / "train.csv")
+    # the timed preparation ran on the corpus twice over
+    prep_once, prep_twice = runs["fp32-t1"]["data_prep"], runs["from-csv"]["data_prep"]
+    assert prep_twice["repeat"] == 2
+    assert abs(prep_twice["raw_mb"] - 2 * prep_once["raw_mb"]) < 0.01
+    assert prep_twice["pairs"] > prep_once["pairs"]
     assert "| from-csv |" in (out / "results.md").read_text()
 
 
