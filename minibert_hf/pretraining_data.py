@@ -219,6 +219,18 @@ def _documents_factory(documents, text_files) -> tuple[Callable[[], Iterator[lis
     return (lambda: iter(documents)), {"name": "documents", "source": "given in Python", "license": "unknown"}
 
 
+def _remove_stale_temporaries(output_dir: Path) -> None:
+    """Remove ``.prepare-tmp-<pid>`` folders left by runs that were killed (their process no longer exists)."""
+    for folder in output_dir.glob(".prepare-tmp-*"):
+        try:
+            pid = int(folder.name.rsplit("-", 1)[1])
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(folder, ignore_errors=True)
+        except (ValueError, PermissionError, OSError):
+            continue
+
+
 def _cpu_seconds() -> float:
     """CPU time (user + system) of this process and its finished children, e.g. the pair-building workers."""
     try:
@@ -286,6 +298,7 @@ def prepare_pretraining_data(
     output_dir = Path(output_dir)
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
+        _remove_stale_temporaries(output_dir)
         tmp = output_dir / f".prepare-tmp-{os.getpid()}"
         if tmp.exists():
             shutil.rmtree(tmp)

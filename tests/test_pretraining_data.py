@@ -466,3 +466,17 @@ def test_a_huge_sentence_is_truncated_quickly(tmp_path, tokenizer):
                                      test_size=0.0, show_progress=False, num_workers=0)
     rows = read_rows(tmp_path / "train.csv")
     assert stats["tokens"] > 50_000 and all(len(r["input"]) <= MAX_LEN for r in rows)
+
+
+def test_leftovers_of_a_killed_run_are_cleaned(tmp_path, tokenizer):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".prepare-tmp-{int(dead.stdout)}"
+    (stale / "tokenizer").mkdir(parents=True)
+    (stale / "train.csv").write_text("partial")
+    prepare_pretraining_data(tmp_path, documents=generated_documents(20), tokenizer=tokenizer, max_seq_length=MAX_LEN,
+                             show_progress=False, num_workers=0)
+    assert not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["stats.json", "test.csv", "tokenizer", "train.csv"]
