@@ -160,7 +160,8 @@ def train(args) -> dict:
     )
     check_output_dir(output_dir, args, accelerator.process_index)
     if args.overwrite_output_dir and not args.resume_from_checkpoint and accelerator.is_main_process:
-        shutil.rmtree(output_dir / "checkpoints", ignore_errors=True)  # a fresh run must not resume old ones
+        for old in [output_dir / "checkpoints", output_dir / "final", *output_dir.glob("epoch-*")]:
+            shutil.rmtree(old, ignore_errors=True)  # a fresh run: nothing of the previous one may be taken for its
 
     with accelerator.main_process_first():
         data = load_data(args)
