@@ -337,8 +337,7 @@ def load_data(args) -> dict:
     stats = data_dir / "stats.json"
     if stats.is_file():
         info.update(json.loads(stats.read_text(encoding="utf-8")))
-    info.update(train_rows=len(train), test_rows=len(test), train_files=[str(f) for f in train_files],
-                masking=args.masking)
+    info.update(train_rows=len(train), test_rows=len(test), masking=args.masking)  # no local paths in the card
     longest = max(max(map(len, train["input_ids"])), max(map(len, test["input_ids"])))
     return dict(train=train, test=test, tokenizer=tokenizer, info=info, longest=longest, train_files=train_files)
 
@@ -630,7 +629,7 @@ def write_loss_curve(metrics_path, png_path) -> None:
     import matplotlib.pyplot as plt
 
     records = read_metrics(metrics_path)
-    train = [(r["step"], r["train_loss"]) for r in records if "train_loss" in r]
+    train = [(r["step"], r["train_loss"]) for r in records if r.get("train_loss") is not None]
     evals = [r for r in records if "eval_loss" in r]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
     if train:
@@ -685,12 +684,15 @@ class TrainMeter:
                     f"(now {self.learning_rate}) or --mixed-precision no")
         if self.logging_steps and step % self.logging_steps == 0:
             sums = self.accelerator.reduce(self.window.to(self.accelerator.device), reduction="sum").cpu().tolist()
-            count, elapsed = max(sums[3], 1), time.perf_counter() - self.started
-            record = self.log.write(step=step, train_loss=sums[0] / count, train_mlm_loss=sums[1] / count,
-                                    train_nsp_loss=sums[2] / count, learning_rate=learning_rate,
-                                    grad_norm=grad_norm.item(), tokens_per_second=sums[4] / elapsed,
-                                    skipped_steps=self.skipped)
-            self.progress.set_postfix(loss=f"{record['train_loss']:.3f}", tok_s=f"{record['tokens_per_second']:.0f}")
+            mean = (lambda total: total / sums[3]) if sums[3] else (lambda total: None)  # None: every loss NaN
+            record = self.log.write(step=step, train_loss=mean(sums[0]), train_mlm_loss=mean(sums[1]),
+                                    train_nsp_loss=mean(sums[2]), learning_rate=learning_rate,
+                                    grad_norm=grad_norm.item() if torch.isfinite(grad_norm) else None,
+                                    skipped_steps=self.skipped,
+                                    tokens_per_second=sums[4] / (time.perf_counter() - self.started))
+            if record["train_loss"] is not None:
+                self.progress.set_postfix(loss=f"{record['train_loss']:.3f}",
+                                          tok_s=f"{record['tokens_per_second']:.0f}")
             self.window.zero_()
             self.started = time.perf_counter()
 

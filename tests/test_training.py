@@ -331,6 +331,8 @@ def test_nonfinite_loss_never_updates_the_weights(data, tmp_path, monkeypatch):
         assert torch.equal(tensor, seen["initial"][name]), name
     skipped = [r for r in read_metrics(out) if r.get("skipped_nonfinite_step")]
     assert [r["step"] for r in skipped] == [1, 2, 3]
+    text = (out / "metrics.jsonl").read_text()
+    assert "NaN" not in text and all(r["train_loss"] is None for r in read_metrics(out) if "train_loss" in r)
 
 
 def test_one_nan_batch_is_skipped_and_training_goes_on(data, tmp_path, monkeypatch):
