@@ -17,6 +17,7 @@ that converts; it drops padding positions (segment 0), wherever they are, so row
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import gc
 import json
@@ -818,10 +819,38 @@ def _convert_batch_rows(batch, indices, *, file, vocab_size, max_length):
     return out
 
 
-def _load_one_csv(path: str, vocab_size, max_length, num_proc):
+PROGRESS_MIN_BYTES = 16 << 20  # CSVs smaller than this are read without progress bars
+
+
+@contextlib.contextmanager
+def _datasets_progress(show: bool):
+    """datasets' progress bars ("Generating train split", "reading x.csv") on or off for the block, then restored.
+    HF_DATASETS_DISABLE_PROGRESS_BARS, when set, has the last word (as in datasets)."""
+    import importlib
+
+    datasets_tqdm = importlib.import_module("datasets.utils.tqdm")  # the module (datasets.utils.tqdm is a class)
+    if getattr(datasets_tqdm, "HF_DATASETS_DISABLE_PROGRESS_BARS", None) is not None:
+        yield
+        return
+    was_disabled = datasets_tqdm.are_progress_bars_disabled()
+    (datasets_tqdm.enable_progress_bars if show else datasets_tqdm.disable_progress_bars)()
+    try:
+        yield
+    finally:
+        (datasets_tqdm.disable_progress_bars if was_disabled else datasets_tqdm.enable_progress_bars)()
+
+
+def _load_one_csv(path: str, vocab_size, max_length, num_proc, show_progress=None):
+    header = _read_header(path)
+    if show_progress is None:
+        show_progress = os.path.getsize(path) >= PROGRESS_MIN_BYTES
+    with _datasets_progress(bool(show_progress)):
+        return _load_checked_csv(path, header, vocab_size, max_length, num_proc)
+
+
+def _load_checked_csv(path: str, header, vocab_size, max_length, num_proc):
     import datasets
 
-    header = _read_header(path)
     for column in REQUIRED_COLUMNS:
         if column not in header:
             raise MiniBertInputError(f"missing column (found: {', '.join(repr(h) for h in header)})",
@@ -866,7 +895,7 @@ def _load_one_csv(path: str, vocab_size, max_length, num_proc):
 
 
 def load_pretraining_csv(path_or_paths, vocab_size: int | None = None, max_length: int | None = None,
-                         num_proc: int | None = None):
+                         num_proc: int | None = None, show_progress: bool | None = None):
     """Read pre-training CSVs (ours or the course lab's) into a ``datasets.Dataset`` in HF conventions.
 
     Columns: ``input_ids`` (padding positions dropped), ``token_type_ids`` (0 = ``[CLS]`` A ``[SEP]``, 1 = B
@@ -874,7 +903,8 @@ def load_pretraining_csv(path_or_paths, vocab_size: int | None = None, max_lengt
     1 = random). Every cell is checked; a problem raises :class:`MiniBertInputError` (a ``ValueError``) naming the
     file, the row (``row N`` = the N-th data row, the header not counted) and the column. ``vocab_size``: also
     reject ids outside ``[0, vocab_size)``; ``max_length``: reject rows longer than that.
-    A UTF-8 BOM is fine.
+    A UTF-8 BOM is fine. ``show_progress``: datasets' progress bars while reading (default: only for files over
+    16 MB, so that a bad small file is reported as one line on stderr with no bars before it).
     """
     import datasets
 
@@ -884,7 +914,7 @@ def load_pretraining_csv(path_or_paths, vocab_size: int | None = None, max_lengt
         paths = [os.fspath(p) for p in path_or_paths]
     if not paths:
         raise MiniBertInputError("no CSV files given")
-    parts = [_load_one_csv(p, vocab_size, max_length, num_proc) for p in paths]
+    parts = [_load_one_csv(p, vocab_size, max_length, num_proc, show_progress) for p in paths]
     return parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
 
 
