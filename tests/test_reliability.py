@@ -22,6 +22,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -251,11 +253,32 @@ def procs(data, model_folders, tmp_path_factory):
                                      "--max-steps", "1", "--output-dir", outputs["finetune"]], env),
         "push_to_hub": ("push_to_hub.py", [model_folders["no config"][0], "--repo-id", "someone/minibert"],
                         base_env(tmp, HF_TOKEN=FAKE_TOKEN, HF_ENDPOINT="http://127.0.0.1:9")),
+        # the token run's options without the token and tensorboard; SIGKILLed after its first logged step
+        "killed": ("pretrain.py", pretrain_args(data, tmp / "killed", "--max-steps", RUN_STEPS, "--logging-steps",
+                                                "1", "--checkpointing-steps", "2"), env),
     }
+    outputs["killed"] = tmp / "killed"
     running = Processes(jobs, tmp)
     running.outputs = outputs
+    running.killer = threading.Thread(target=kill_after_first_step, daemon=True,
+                                      args=(running.procs["killed"], tmp / "killed" / "metrics.jsonl"))
+    running.killer.start()
     yield running
     running.stop()
+
+
+def kill_after_first_step(proc: subprocess.Popen, metrics: Path) -> None:
+    """SIGKILL `proc` as soon as its metrics.jsonl shows a training step (mid-run, between checkpoints)."""
+    deadline = time.monotonic() + 600
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            if '"step": 1' in metrics.read_text(encoding="utf-8"):
+                break
+        except OSError:
+            pass
+        time.sleep(0.01)
+    if proc.poll() is None:
+        proc.kill()
 
 
 @pytest.fixture
@@ -570,3 +593,26 @@ def test_corrupted_checkpoint_is_one_line(data, procs, tmp_path, capsys, fresh_a
         raise AssertionError(f"escaped run_cli: {type(error).__name__}") from error
     one_error_line(code, err, 2, [f"step-{RUN_STEPS}"])
     assert not (run / "final").exists()
+
+
+def test_sigkill_mid_run_then_resume_latest_matches_a_straight_run(data, procs, tmp_path, fresh_accelerate_state):
+    """kill -9 of a real pretrain.py after its first step (no checkpoint yet, or just one): resuming from `latest`
+    ends with the weights of the uninterrupted token run (same options and seed)."""
+    import torch
+    from safetensors.torch import load_file
+
+    from minibert_hf.training import train
+
+    killed = procs.result("killed")
+    procs.killer.join(timeout=60)
+    assert killed.returncode == -9, (killed.returncode, killed.stderr[-2000:])
+    run = procs.outputs["killed"]
+    assert not (run / "final").exists() and (run / "metrics.jsonl").is_file()
+    assert train(resume_args(data, run))["step"] == RUN_STEPS
+    assert procs.result("token run").returncode == 0
+    straight = load_file(procs.outputs["token run"] / "final" / "model.safetensors")
+    resumed = load_file(run / "final" / "model.safetensors")
+    for name, tensor in straight.items():
+        assert torch.allclose(tensor, resumed[name], atol=1e-5, rtol=0), name
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(steps)  # the killed run's lines after its checkpoint were replaced, not duplicated
