@@ -2,17 +2,21 @@
 
 ``fail(message)`` prints ``error: message`` on stderr and exits (code 2 = bad input).
 ``run_cli(main)`` runs a script's ``main`` and turns a :class:`~minibert_hf.errors.UserError` (or a plain
-``FileNotFoundError``/``IsADirectoryError``/``PermissionError`` about a user path) into that one line, with no
-traceback. Other exceptions are bugs and keep their traceback.
+``FileNotFoundError``/``IsADirectoryError``/``PermissionError`` about a user path, or a full / read-only disk) into
+that one line, with no traceback. Other exceptions are bugs and keep their traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import errno
 import sys
 from typing import Callable, NoReturn
 
 from .errors import UserError
+
+# A full or read-only disk while writing (outputs, checkpoints, caches): one line, not a traceback.
+DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
@@ -42,6 +46,12 @@ def run_cli(main: Callable[..., object], *args, **kwargs) -> object:
         path = getattr(error, "filename", None)
         reason = error.strerror or error.__class__.__name__
         fail(f"{path}: {reason}" if path else str(error), code=2)
+    except OSError as error:
+        if error.errno not in DISK_ERRNOS:
+            raise
+        path = getattr(error, "filename", None)
+        reason = error.strerror or errno.errorcode.get(error.errno, "disk error")
+        fail(f"{path}: {reason}" if path else f"cannot write: {reason}", code=2)
     except KeyboardInterrupt:
         fail("interrupted", code=130)
     if isinstance(result, int) and not isinstance(result, bool):

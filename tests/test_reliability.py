@@ -8,8 +8,9 @@ writes then ``--resume-from-checkpoint latest`` == a straight run and injected N
 (test_training.py), bad model folders for predict.py / finetune.py in-process (test_inference.py, test_finetune.py),
 the token on hub failures (test_hub.py).
 
-Each CLI process costs several seconds of imports, so the subprocesses (about ten) run a few at a time from two
-module-scoped fixtures, and the remaining cases call the scripts' ``main`` in-process through ``run_cli``.
+Each CLI process costs several seconds of imports (torch, transformers), so the eight real processes are started
+together in the background when the module starts (`procs`), the in-process cases (the scripts' ``main`` through
+``run_cli``, as the ``__main__`` block does) run meanwhile, and the process tests come last.
 """
 
 from __future__ import annotations
@@ -242,6 +243,17 @@ class Processes:
 
 
 @pytest.fixture(scope="module", autouse=True)
+def start_processes_early(request):
+    """Start the real processes with the module's first test when any selected test needs them (so `-k` on an
+    in-process case does not pay for them)."""
+    import inspect
+
+    selected = [item for item in request.session.items if getattr(item, "module", None) is request.module]
+    if any("procs" in inspect.signature(item.function).parameters for item in selected):
+        request.getfixturevalue("procs")
+
+
+@pytest.fixture(scope="module")
 def procs(data, model_folders, tmp_path_factory):
     """Every real-process case, started at once when the module starts; the in-process tests run meanwhile."""
     tmp = tmp_path_factory.mktemp("processes")
@@ -641,3 +653,30 @@ def test_sigkill_mid_run_then_resume_latest_matches_a_straight_run(data, procs, 
         assert torch.allclose(tensor, resumed[name], atol=1e-5, rtol=0), name
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == sorted(steps)  # the killed run's lines after its checkpoint were replaced, not duplicated
+
+
+@pytest.mark.parametrize("error, fragments", [
+    (OSError(28, "No space left on device", "/data/out/checkpoints/.tmp-step-8"),
+     ["/data/out/checkpoints/.tmp-step-8", "No space left on device"]),
+    (OSError(30, "Read-only file system", "/mnt/ro/final"), ["/mnt/ro/final", "Read-only file system"]),
+    (PermissionError(13, "Permission denied", "/root/out"), ["/root/out", "Permission denied"]),
+])
+def test_run_cli_turns_disk_failures_into_one_line(capsys, error, fragments):
+    from minibert_hf.cli import run_cli
+
+    def main():
+        raise error
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(main)
+    one_error_line(exit_info.value.code, capsys.readouterr().err, 2, fragments)
+
+
+def test_run_cli_keeps_the_traceback_of_a_bug():
+    from minibert_hf.cli import run_cli
+
+    def main():
+        raise OSError(5, "Input/output error")  # not a disk-space / permission problem: a real failure
+
+    with pytest.raises(OSError):
+        run_cli(main)
