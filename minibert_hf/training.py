@@ -23,9 +23,11 @@ Nothing is unpickled: weights are safetensors, and accelerate loads optimizer/sc
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 import os
 import re
@@ -325,11 +327,21 @@ def load_data(args) -> dict:
     from .tokenizer import load_tokenizer
 
     tokenizer = load_tokenizer(tokenizer_dir)
-    vocab_size = len(tokenizer)
-    if args.init_from:  # the model's vocabulary bounds the CSV ids; build_model checks it covers the tokenizer
-        vocab_size = json.loads((Path(args.init_from) / "config.json").read_text(encoding="utf-8"))["vocab_size"]
-    train = load_pretraining_csv(train_files if len(train_files) > 1 else train_files[0], vocab_size=vocab_size)
-    test = load_pretraining_csv(test_files if len(test_files) > 1 else test_files[0], vocab_size=vocab_size)
+    vocab_size, max_length = len(tokenizer), None
+    if args.init_from:
+        # Only the config (cheap), before any weights load: the model's vocabulary bounds the CSV ids (build_model
+        # checks it covers the tokenizer) and its positions bound the row length, checked file by file so that
+        # the error names the file and row that is too long.
+        from .configuration_minibert import MiniBertConfig
+
+        try:
+            config = MiniBertConfig.from_pretrained(args.init_from)
+        except Exception as error:  # noqa: BLE001 - check() has vetted the folder; this is a last resort
+            raise MiniBertInputError(f"cannot read the model's config ({type(error).__name__})",
+                                     file=args.init_from) from None
+        vocab_size, max_length = config.vocab_size, config.max_position_embeddings
+    train = load_pretraining_csv(train_files, vocab_size=vocab_size, max_length=max_length)
+    test = load_pretraining_csv(test_files, vocab_size=vocab_size, max_length=max_length)
     for name, dataset, files in (("training", train, train_files), ("test", test, test_files)):
         if len(dataset) == 0:
             raise MiniBertInputError(f"no {name} rows", file=files[0])
@@ -486,7 +498,8 @@ def save_model_folder(model, tokenizer, folder, metrics=None, data_info=None, tr
     from .hub import write_model_card
 
     def write(tmp):
-        model.save_pretrained(tmp, state_dict=state_dict, safe_serialization=True)
+        with quiet_saving():  # transformers 5 writes safetensors only (no safe_serialization argument any more)
+            model.save_pretrained(tmp, state_dict=state_dict)
         tokenizer.save_pretrained(tmp)
         curve = loss_curve if loss_curve is not None and Path(loss_curve).is_file() else None
         write_model_card(tmp, config=model.config, metrics=metrics, data_info=data_info,
@@ -494,6 +507,28 @@ def save_model_folder(model, tokenizer, folder, metrics=None, data_info=None, tr
                          model_name=model_name or Path(folder).resolve().name)
 
     return atomic_folder(Path(folder), write)
+
+
+@contextlib.contextmanager
+def quiet_saving():
+    """No warnings below error level from transformers and accelerate ("Removed shared tensor ..." for the tied
+    embeddings, which is expected) and no progress bars ("Writing model shards") while a folder is written: a
+    run's stderr keeps its own lines, and a failure after a save is its last line. Restored afterwards."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    accelerate_logger = logging.getLogger("accelerate")
+    accelerate_level = accelerate_logger.level
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    accelerate_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        accelerate_logger.setLevel(accelerate_level)
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def save_model(accelerator, model, tokenizer, folder, args, data, metrics) -> Path:
@@ -541,7 +576,8 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, run: dict, save_to
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    with quiet_saving():
+        accelerator.save_state(str(tmp), safe_serialization=True)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         (tmp / "training_state.json").write_text(json.dumps({"step": step, **run}, indent=2), encoding="utf-8")
@@ -578,7 +614,11 @@ def resume(accelerator, args, output_dir: Path, run: dict) -> int:
         raise UserError(f"checkpoint {folder} was written with batch size {state['batch_size']} x "
                         f"{state['num_processes']} processes x {state['gradient_accumulation_steps']} accumulation "
                         f"steps ({state['steps_per_epoch']} steps per epoch); this run differs")
-    accelerator.load_state(str(folder))
+    try:
+        accelerator.load_state(str(folder))  # safetensors weights; the rest with torch.load(weights_only=True)
+    except Exception as error:  # noqa: BLE001 - a truncated or corrupted file: one line, not a traceback
+        raise MiniBertInputError(f"cannot load the checkpoint (corrupted?): {type(error).__name__}",
+                                 file=folder) from None
     accelerator.print(f"Resumed from {folder} at step {state['step']}.")
     return int(state["step"])
 

@@ -87,6 +87,11 @@ def main(argv=None) -> int:
     args.check()  # options first: one line, exit 2, before anything is loaded
 
     from accelerate import PartialState
+    from transformers.utils import logging as hf_logging
+
+    # No transformers/huggingface_hub bars (e.g. "Loading weights" of --init-from, the upload): an error after
+    # them would not be the only line. The training loop's own progress bar is plain tqdm and stays.
+    hf_logging.disable_progress_bar()
 
     from minibert_hf.hub import HubError
     from minibert_hf.training import TrainingDiverged, train
