@@ -320,7 +320,7 @@ def finetune(
     epochs: float = 3.0,
     max_steps: int | None = None,
     batch_size: int = 32,
-    learning_rate: float = 1e-4,
+    learning_rate: float = 3e-4,
     weight_decay: float = 0.01,
     warmup_fraction: float = 0.1,
     max_length: int = 128,

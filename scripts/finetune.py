@@ -31,7 +31,8 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--learning-rate", type=float, default=1e-4)
+    parser.add_argument("--learning-rate", type=float, default=3e-4,
+                        help="peak AdamW learning rate (3e-4 beat 1e-4 on Rotten Tomatoes for the mini preset)")
     parser.add_argument("--max-length", type=int, default=128, help="truncate texts to this many tokens")
     parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out share when the data has no split")
     parser.add_argument("--from-scratch", action="store_true",
