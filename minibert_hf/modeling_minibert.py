@@ -264,6 +264,7 @@ class MiniBertForMaskedLM(MiniBertPreTrainedModel):
     """The encoder with the MLM head only; what `pipeline("fill-mask")` uses. Full logits, always."""
 
     _tied_weights_keys = {"lm_head.decoder.weight": "minibert.embeddings.word_embeddings.weight"}
+    _keys_to_ignore_on_load_unexpected = [r"^nsp_head\."]  # pretraining checkpoints also hold the NSP head
 
     def __init__(self, config):
         super().__init__(config)
