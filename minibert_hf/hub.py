@@ -421,11 +421,9 @@ def shareable_files(folder) -> list[str]:
     Raises MiniBertInputError when the folder is not a complete model folder (no config, no safetensors
     weights, no tokenizer).
     """
-    folder = Path(folder)
-    if not folder.exists():
-        raise MiniBertInputError("no such model folder", file=folder)
-    if not folder.is_dir():
-        raise MiniBertInputError("not a folder (expected a save_pretrained model folder)", file=folder)
+    from .inference import check_model_folder
+
+    folder = check_model_folder(folder)  # a MiniBERT config and readable safetensors weights
     names = sorted(
         p.name for p in folder.iterdir()
         if p.is_file() and not p.name.startswith(".") and any(fnmatch.fnmatch(p.name, pat) for pat in SHAREABLE_PATTERNS)

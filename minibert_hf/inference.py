@@ -236,8 +236,18 @@ def check_model_folder(path) -> Path:
     if model_type != MODEL_TYPE:
         raise MiniBertInputError(f"model_type is {model_type!r}, expected {MODEL_TYPE!r}: not a MiniBERT model",
                                  file=config_path)
-    if not any(path.glob("*.safetensors")):
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
         raise MiniBertInputError("no model.safetensors weights", file=path)
+    from safetensors import safe_open
+
+    for file in weights:  # reads only the header: a truncated or garbled file fails here, before any loading
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
+            raise MiniBertInputError(f"unreadable safetensors weights (corrupted?): {error.__class__.__name__}",
+                                     file=file) from None
     return path
 
 

@@ -291,7 +291,7 @@ def test_push_cli_without_token_is_one_line_exit_1(trained, tmp_path, monkeypatc
 
 def test_push_cli_bad_folder_is_exit_2(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
-    (tmp_path / "config.json").write_text("{}")
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "minibert"}))
     code, err, out = _run_push_cli([tmp_path, "--repo-id", "someone/x"], capsys)
     assert code == 2 and len(err) == 1 and str(tmp_path) in err[0] and "no model.safetensors" in err[0]
     assert FAKE_TOKEN not in "".join(err) + out

@@ -361,13 +361,13 @@ def _broken_folders(folder: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
     corrupt = tmp / "corrupt"
     shutil.copytree(folder, corrupt)
     (corrupt / "model.safetensors").write_bytes(os.urandom(2048))
-    cases["corrupted weights"] = (corrupt, "cannot load the model")
+    cases["corrupted weights"] = (corrupt, "unreadable safetensors weights")
 
     truncated = tmp / "truncated"
     shutil.copytree(folder, truncated)
     data = (truncated / "model.safetensors").read_bytes()
     (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
-    cases["truncated weights"] = (truncated, "cannot load the model")
+    cases["truncated weights"] = (truncated, "unreadable safetensors weights")
 
     no_weights = tmp / "no-weights"
     shutil.copytree(folder, no_weights)
