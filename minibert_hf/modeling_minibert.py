@@ -36,6 +36,14 @@ def sinusoidal_positions(position_ids, dim):
     return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # interleave: sin, cos, sin, cos, ...
 
 
+def pad_tokens(tokens, index, batch, seq):
+    """Put packed real tokens back in place: (tokens, features) -> (batch, seq, features), zeros at padding.
+
+    ``index`` holds the flat positions (row * seq + column) of the real tokens.
+    """
+    return tokens.new_zeros(batch * seq, tokens.shape[-1]).index_copy(0, index, tokens).view(batch, seq, -1)
+
+
 class MiniBertEmbeddings(nn.Module):
     """Token + position + segment embeddings, then LayerNorm and dropout (each added once)."""
 
@@ -49,8 +57,9 @@ class MiniBertEmbeddings(nn.Module):
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
         self.config = config
 
-    def forward(self, input_ids, token_type_ids=None, position_ids=None):
-        seq_length = input_ids.shape[1]
+    def forward(self, input_ids, token_type_ids=None, position_ids=None, index=None):
+        """(batch, seq, hidden); with ``index`` (flat positions of the real tokens) only those: (tokens, hidden)."""
+        batch, seq_length = input_ids.shape
         if seq_length > self.config.max_position_embeddings:
             raise ValueError(f"sequence length {seq_length} exceeds max_position_embeddings "
                              f"({self.config.max_position_embeddings}) of this model")
@@ -58,6 +67,10 @@ class MiniBertEmbeddings(nn.Module):
             position_ids = torch.arange(seq_length, device=input_ids.device).unsqueeze(0)  # (1, seq)
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
+        if index is not None:
+            input_ids = input_ids.reshape(-1)[index]
+            position_ids = position_ids.expand(batch, seq_length).reshape(-1)[index]
+            token_type_ids = token_type_ids.reshape(-1)[index]
         if self.config.position_embedding_type == "learned":
             positions = self.position_embeddings(position_ids)
         else:
@@ -76,10 +89,17 @@ class MiniBertSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.dropout_prob = config.attention_probs_dropout_prob
 
-    def forward(self, hidden_states, mask=None, output_attentions=False):
-        """hidden_states (batch, seq, hidden); mask (batch, 1, 1, seq) bool, True = may be attended to."""
-        batch, seq, hidden = hidden_states.shape
-        qkv = self.qkv(hidden_states).view(batch, seq, 3, self.num_heads, self.head_dim)
+    def forward(self, hidden_states, mask=None, output_attentions=False, unpadded=None):
+        """hidden_states (batch, seq, hidden); mask (batch, 1, 1, seq) bool, True = may be attended to.
+
+        With ``unpadded = (index, batch, seq)`` hidden_states holds only the real tokens, (tokens, hidden): they are
+        projected as they are and put in place (zeros at padding) only for the attention itself.
+        """
+        qkv = self.qkv(hidden_states)
+        if unpadded is not None:
+            qkv = pad_tokens(qkv, *unpadded)
+        batch, seq, hidden = qkv.shape[0], qkv.shape[1], hidden_states.shape[-1]
+        qkv = qkv.view(batch, seq, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each (batch, heads, seq, head_dim)
         dropout_prob = self.dropout_prob if self.training else 0.0
         if output_attentions:
@@ -92,7 +112,10 @@ class MiniBertSelfAttention(nn.Module):
         else:
             weights = None
             context = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout_prob)
-        return context.transpose(1, 2).reshape(batch, seq, hidden), weights
+        context = context.transpose(1, 2).reshape(batch, seq, hidden)
+        if unpadded is not None:
+            context = context.reshape(batch * seq, hidden).index_select(0, unpadded[0])
+        return context, weights
 
 
 class MiniBertLayer(nn.Module):
@@ -109,8 +132,8 @@ class MiniBertLayer(nn.Module):
         self.output_LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, hidden_states, mask=None, output_attentions=False):
-        context, weights = self.attention(hidden_states, mask, output_attentions)
+    def forward(self, hidden_states, mask=None, output_attentions=False, unpadded=None):
+        context, weights = self.attention(hidden_states, mask, output_attentions, unpadded)
         hidden_states = self.attention_LayerNorm(hidden_states + self.dropout(self.attention_output(context)))
         feed_forward = self.output(self.activation(self.intermediate(hidden_states)))
         hidden_states = self.output_LayerNorm(hidden_states + self.dropout(feed_forward))
@@ -149,19 +172,28 @@ class MiniBertModel(MiniBertPreTrainedModel):
         return_dict = self.config.return_dict if return_dict is None else return_dict
 
         # Padding keys are hidden from every query; without padding the mask is dropped (faster attention).
-        mask = None
+        mask = unpadded = None
         if attention_mask is not None and not bool(attention_mask.all()):
             mask = attention_mask.bool()[:, None, None, :]  # (batch, 1, 1, seq)
+            # Token-wise work (projections, feed-forward, LayerNorm, dropout) runs on the real tokens only,
+            # packed as (tokens, hidden); they are put back in place (zeros at padding) for the attention.
+            index = attention_mask.reshape(-1).nonzero().squeeze(1)  # flat positions of the real tokens
+            unpadded = (index, *input_ids.shape)
 
-        hidden_states = self.embeddings(input_ids, token_type_ids, position_ids)  # (batch, seq, hidden)
-        all_hidden_states = (hidden_states,) if output_hidden_states else None
+        def padded(states):
+            return states if unpadded is None else pad_tokens(states, *unpadded)
+
+        hidden_states = self.embeddings(input_ids, token_type_ids, position_ids,
+                                        None if unpadded is None else unpadded[0])
+        all_hidden_states = (padded(hidden_states),) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for layer in self.layers:
-            hidden_states, weights = layer(hidden_states, mask, output_attentions)
+            hidden_states, weights = layer(hidden_states, mask, output_attentions, unpadded)
             if output_hidden_states:
-                all_hidden_states += (hidden_states,)
+                all_hidden_states += (padded(hidden_states),)
             if output_attentions:
                 all_attentions += (weights,)
+        hidden_states = padded(hidden_states)
 
         output = BaseModelOutputWithPooling(
             last_hidden_state=hidden_states,
