@@ -412,7 +412,7 @@ def memory_child(args):
 
     from minibert_hf import MiniBertForPreTraining
 
-    batches = torch.load(args.batches_file)
+    batches = torch.load(args.batches_file, weights_only=True)
     ours_config, hf_config = model_configs(args, batches["vocab_size"])
     torch.manual_seed(args.seed)
     if args.memory_child == "ours":

@@ -411,12 +411,7 @@ def _torch_load_calls(path: Path):
 
 
 SOURCES = sorted([*(ROOT / "minibert_hf").glob("*.py"), *(ROOT / "scripts").glob("*.py")])
-BENCH_TORCH_LOAD = pytest.mark.xfail(strict=True, reason="scripts/bench.py: torch.load(args.batches_file) "
-                                                         "without weights_only=True (reported to the bench owner)")
-
-
-@pytest.mark.parametrize("path", [pytest.param(p, marks=BENCH_TORCH_LOAD) if p.name == "bench.py" else p
-                                  for p in SOURCES], ids=[p.relative_to(ROOT).as_posix() for p in SOURCES])
+@pytest.mark.parametrize("path", SOURCES, ids=[p.relative_to(ROOT).as_posix() for p in SOURCES])
 def test_every_torch_load_says_weights_only_true(path):
     text = path.read_text(encoding="utf-8")
     assert "pickle.load" not in text and "import pickle" not in text, path
