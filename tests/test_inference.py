@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from isolation import BLOCK_MINIBERT_HF
 from minibert_hf import MiniBertConfig, MiniBertForMaskedLM, MiniBertForPreTraining
 from minibert_hf.errors import MiniBertInputError
 from minibert_hf.inference import MLMResult, NSPResult, load_model, predict_mlm, predict_nsp
@@ -426,20 +427,8 @@ def test_predict_cli_bad_input_in_process(folder, tmp_path, capsys, case):
 # ------------------------------------------------------------------------------------------------ fill-mask
 
 
-FILL_MASK = textwrap.dedent("""
-    import importlib.abc, json, sys
-
-    class RefuseMiniBertHF(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "minibert_hf" or name.startswith("minibert_hf."):
-                raise ImportError("minibert_hf is blocked in this process")
-
-    sys.meta_path.insert(0, RefuseMiniBertHF())
-    try:
-        import minibert_hf
-        raise SystemExit("minibert_hf was importable")
-    except ImportError:
-        pass
+FILL_MASK = BLOCK_MINIBERT_HF + textwrap.dedent("""
+    import json, sys
 
     from transformers import pipeline
     from transformers.utils import logging

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM, AutoModelForPreTraining
 
+from isolation import BLOCK_MINIBERT_HF
 from minibert_hf import (
     PRESETS,
     MiniBertConfig,
@@ -268,20 +269,8 @@ def test_from_pretrained_reproduces_outputs_exactly(tmp_path, position_embedding
     assert torch.equal(masked_lm(batch["input_ids"]).logits, model(batch["input_ids"]).prediction_logits)
 
 
-REMOTE_LOADER = textwrap.dedent("""
-    import importlib.abc, json, sys
-
-    class RefuseMiniBertHF(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "minibert_hf" or name.startswith("minibert_hf."):
-                raise ImportError("minibert_hf is blocked in this process")
-
-    sys.meta_path.insert(0, RefuseMiniBertHF())
-    try:
-        import minibert_hf
-        raise SystemExit("minibert_hf was importable")
-    except ImportError:
-        pass
+REMOTE_LOADER = BLOCK_MINIBERT_HF + textwrap.dedent("""
+    import json, sys
 
     import torch
     from transformers import AutoModel, AutoModelForMaskedLM, AutoModelForPreTraining

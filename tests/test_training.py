@@ -17,6 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from isolation import BLOCK_MINIBERT_HF
 from minibert_hf import training
 from minibert_hf.errors import MiniBertInputError, UserError
 from minibert_hf.pretraining_data import load_pretraining_csv, prepare_pretraining_data, write_pretraining_csv
@@ -93,15 +94,9 @@ def no_temporary_names(out):
     return [p for p in Path(out).rglob("*") if p.name.startswith((".tmp", ".old"))]
 
 
-REMOTE_LOADER = textwrap.dedent("""
-    import importlib.abc, json, sys
+REMOTE_LOADER = BLOCK_MINIBERT_HF + textwrap.dedent("""
+    import json, sys
 
-    class Refuse(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "minibert_hf" or name.startswith("minibert_hf."):
-                raise ImportError("minibert_hf is blocked here")
-
-    sys.meta_path.insert(0, Refuse())
     import torch
     from transformers import AutoModelForPreTraining, AutoTokenizer
 
