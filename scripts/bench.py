@@ -45,6 +45,16 @@ BENCH_CONFIG = dict(vocab_size=30522, hidden_size=256, num_hidden_layers=4, num_
                     intermediate_size=1024, max_position_embeddings=512)
 
 
+def shown_path(path) -> str:
+    """A path as the results show it: no folder of this machine, only where it is relative to the cache or here."""
+    from minibert_hf.corpus import cache_dir
+
+    path = Path(path).resolve()
+    for base, name in ((cache_dir().resolve(), "$MINIBERT_CACHE"), (Path.cwd().resolve(), ".")):
+        if path.is_relative_to(base):
+            return f"{name}/{path.relative_to(base).as_posix()}"
+    return f"{path.parent.name}/{path.name}"  # elsewhere: its folder and name only
+
 def parse_args(argv=None):
     from minibert_hf.cli import ArgumentParser
 
@@ -761,7 +771,7 @@ def main(argv=None):
                    "max_seq_length": args.max_seq_length, "bf16": args.bf16, "compile": args.compile,
                    "optimizer": f"AdamW(lr={args.learning_rate}, weight_decay=0.01"
                                 f"{', fused=True' if args.fused_adamw else ''})", "clip_grad_norm": 1.0},
-        "data": {"csv": str(csv_path), "rows": len(dataset), "tokenizer_vocab_size": tok_vocab,
+        "data": {"csv": shown_path(csv_path), "rows": len(dataset), "tokenizer_vocab_size": tok_vocab,
                  "model_vocab_size": vocab_size},
         "weights": weights,
         "data_prep": prep,
