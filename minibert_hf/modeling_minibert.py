@@ -148,6 +148,14 @@ class MiniBertPreTrainedModel(PreTrainedModel):
     # Transformers' defaults initialise our layers as BERT does: Linear and Embedding weights ~ N(0,
     # initializer_range), biases 0, the [PAD] embedding 0, LayerNorm weight 1 and bias 0.
 
+    def get_output_embeddings(self):
+        """The vocabulary projection of the MLM head (tied to the word embeddings); None for models without one."""
+        lm_head = getattr(self, "lm_head", None)
+        return None if lm_head is None else lm_head.decoder
+
+    def set_output_embeddings(self, new_embeddings):
+        self.lm_head.decoder = new_embeddings
+
 
 class MiniBertModel(MiniBertPreTrainedModel):
     """The encoder: embeddings and a stack of layers. Returns every token's vector and the [CLS] vector."""
@@ -250,12 +258,6 @@ class MiniBertForPreTraining(MiniBertPreTrainedModel):
         self.nsp_head = nn.Linear(config.hidden_size, 2)
         self.post_init()
 
-    def get_output_embeddings(self):
-        return self.lm_head.decoder
-
-    def set_output_embeddings(self, new_embeddings):
-        self.lm_head.decoder = new_embeddings
-
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
                 next_sentence_label=None, output_attentions=None, output_hidden_states=None, return_dict=None,
                 **kwargs):
@@ -303,12 +305,6 @@ class MiniBertForMaskedLM(MiniBertPreTrainedModel):
         self.minibert = MiniBertModel(config)
         self.lm_head = MiniBertLMHead(config)
         self.post_init()
-
-    def get_output_embeddings(self):
-        return self.lm_head.decoder
-
-    def set_output_embeddings(self, new_embeddings):
-        self.lm_head.decoder = new_embeddings
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
                 output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
