@@ -20,6 +20,7 @@ PRESETS = {
 }
 
 POSITION_EMBEDDING_TYPES = ("learned", "sinusoidal")
+LAYER_NORM_POSITIONS = ("post", "pre")
 
 # The code files travel with every checkpoint; this map tells the Auto classes where each class lives.
 AUTO_MAP = {
@@ -52,6 +53,7 @@ class MiniBertConfig(PretrainedConfig):
         type_vocab_size=2,
         position_embedding_type="learned",
         layer_norm_eps=1e-12,
+        layer_norm_position="post",
         initializer_range=0.02,
         pad_token_id=0,
         tie_word_embeddings=True,
@@ -77,6 +79,7 @@ class MiniBertConfig(PretrainedConfig):
         self.type_vocab_size = type_vocab_size
         self.position_embedding_type = position_embedding_type
         self.layer_norm_eps = layer_norm_eps
+        self.layer_norm_position = layer_norm_position
         self.initializer_range = initializer_range
         self.pad_token_id = pad_token_id
         self.tie_word_embeddings = tie_word_embeddings
@@ -101,6 +104,9 @@ class MiniBertConfig(PretrainedConfig):
         if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
             raise ValueError(f"MiniBertConfig.position_embedding_type must be one of {POSITION_EMBEDDING_TYPES}, "
                              f"got {self.position_embedding_type!r}")
+        if self.layer_norm_position not in LAYER_NORM_POSITIONS:
+            raise ValueError(f"MiniBertConfig.layer_norm_position must be one of {LAYER_NORM_POSITIONS}, "
+                             f"got {self.layer_norm_position!r}")
         if self.position_embedding_type == "sinusoidal" and self.hidden_size % 2:
             raise ValueError(f"MiniBertConfig.hidden_size must be even for sinusoidal positions, got {self.hidden_size}")
         for field in ("hidden_dropout_prob", "attention_probs_dropout_prob"):

@@ -119,10 +119,15 @@ class MiniBertSelfAttention(nn.Module):
 
 
 class MiniBertLayer(nn.Module):
-    """One post-LayerNorm encoder block, as in BERT: attention, add & norm, feed-forward, add & norm."""
+    """One encoder block: attention and a feed-forward network, each wrapped in a residual connection.
+
+    Post-LN (BERT) normalises after each addition; pre-LN normalises each sublayer's input and leaves the residual
+    stream alone, which trains stably at higher learning rates (the model then ends with one more LayerNorm).
+    """
 
     def __init__(self, config):
         super().__init__()
+        self.pre_norm = config.layer_norm_position == "pre"
         self.attention = MiniBertSelfAttention(config)
         self.attention_output = nn.Linear(config.hidden_size, config.hidden_size)
         self.attention_LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
@@ -132,11 +137,19 @@ class MiniBertLayer(nn.Module):
         self.output_LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
+    def feed_forward(self, hidden_states):
+        return self.dropout(self.output(self.activation(self.intermediate(hidden_states))))
+
     def forward(self, hidden_states, mask=None, output_attentions=False, unpadded=None):
-        context, weights = self.attention(hidden_states, mask, output_attentions, unpadded)
-        hidden_states = self.attention_LayerNorm(hidden_states + self.dropout(self.attention_output(context)))
-        feed_forward = self.output(self.activation(self.intermediate(hidden_states)))
-        hidden_states = self.output_LayerNorm(hidden_states + self.dropout(feed_forward))
+        if self.pre_norm:
+            context, weights = self.attention(self.attention_LayerNorm(hidden_states), mask, output_attentions,
+                                              unpadded)
+            hidden_states = hidden_states + self.dropout(self.attention_output(context))
+            hidden_states = hidden_states + self.feed_forward(self.output_LayerNorm(hidden_states))
+        else:
+            context, weights = self.attention(hidden_states, mask, output_attentions, unpadded)
+            hidden_states = self.attention_LayerNorm(hidden_states + self.dropout(self.attention_output(context)))
+            hidden_states = self.output_LayerNorm(hidden_states + self.feed_forward(hidden_states))
         return hidden_states, weights
 
 
@@ -164,6 +177,9 @@ class MiniBertModel(MiniBertPreTrainedModel):
         super().__init__(config)
         self.embeddings = MiniBertEmbeddings(config)
         self.layers = nn.ModuleList(MiniBertLayer(config) for _ in range(config.num_hidden_layers))
+        # Pre-LN blocks leave the residual stream unnormalised: one LayerNorm at the end.
+        if config.layer_norm_position == "pre":
+            self.final_LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.post_init()
 
     def get_input_embeddings(self):
@@ -201,6 +217,10 @@ class MiniBertModel(MiniBertPreTrainedModel):
                 all_hidden_states += (padded(hidden_states),)
             if output_attentions:
                 all_attentions += (weights,)
+        if self.config.layer_norm_position == "pre":
+            hidden_states = self.final_LayerNorm(hidden_states)
+            if output_hidden_states:  # the last entry is the model's output, normalised (as in GPT-2)
+                all_hidden_states = all_hidden_states[:-1] + (padded(hidden_states),)
         hidden_states = padded(hidden_states)
 
         output = BaseModelOutputWithPooling(

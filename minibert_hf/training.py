@@ -58,6 +58,7 @@ class TrainingArguments:
     tokenizer: str | None = None              # default: tokenizer/ next to the train file
     preset: str = "mini"
     init_from: str | None = None              # continue from a saved model folder instead of a fresh preset
+    config_overrides: str | None = None       # "hidden_size=256,hidden_dropout_prob=0.1": change the preset's fields
     output_dir: str = "outputs/minibert"
     overwrite_output_dir: bool = False
     epochs: int = 1
@@ -92,6 +93,16 @@ class TrainingArguments:
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in vars(namespace).items() if k in known})
 
+    def model_config(self, **fields):
+        """The preset's config with --config-overrides applied, then `fields` (e.g. the tokenizer's vocab size)."""
+        from .configuration_minibert import MiniBertConfig
+
+        try:
+            return MiniBertConfig.from_preset(self.preset, **{**parse_config_overrides(self.config_overrides),
+                                                              **fields})
+        except ValueError as error:
+            raise UserError(f"--config-overrides: {error}") from None
+
     def check(self):
         """Raise a UserError (one line) for an option that cannot work, before anything is loaded or written."""
         from .configuration_minibert import PRESETS
@@ -102,6 +113,9 @@ class TrainingArguments:
 
         if self.init_from is None:
             need(self.preset in PRESETS, f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
+            self.model_config()  # a bad --config-overrides fails here, before any data is read
+        else:
+            need(not self.config_overrides, "--config-overrides applies to a fresh preset, not to --init-from")
         for name in ("epochs", "batch_size", "gradient_accumulation_steps"):
             value = getattr(self, name)
             need(isinstance(value, int) and value >= 1, f"--{name.replace('_', '-')} must be at least 1, got {value}")
@@ -136,6 +150,36 @@ class TrainingArguments:
             from .inference import check_model_folder
 
             check_model_folder(self.init_from)  # a MiniBERT save_pretrained folder with safetensors weights
+
+
+def parse_config_overrides(text: str | None) -> dict:
+    """"hidden_size=256,hidden_dropout_prob=0" -> {"hidden_size": 256, "hidden_dropout_prob": 0.0}.
+
+    Each value takes the type of the field's default (int, float, bool or str); an unknown field is an error.
+    """
+    from .configuration_minibert import MiniBertConfig
+
+    defaults = MiniBertConfig().to_dict()
+    overrides = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not key or not value:
+            raise ValueError(f"expected key=value, got {item!r}")
+        if key not in defaults or key in ("auto_map", "architectures", "model_type", "transformers_version"):
+            raise ValueError(f"unknown config field {key!r}")
+        kind = float if defaults[key] is None else type(defaults[key])  # classifier_dropout: None or a float
+        try:
+            if kind is bool:
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                overrides[key] = value.lower() in ("true", "1")
+            elif kind in (int, float):
+                overrides[key] = kind(value)
+            else:
+                overrides[key] = value
+        except ValueError:
+            raise ValueError(f"{key} must be {kind.__name__}, got {value!r}") from None
+    return overrides
 
 
 # ----------------------------------------------------------------------------------------------------- the loop
@@ -374,7 +418,6 @@ def prepare_default_data(args) -> Path:
 
 
 def build_model(args, data):
-    from .configuration_minibert import PRESETS, MiniBertConfig
     from .modeling_minibert import MiniBertForPreTraining
 
     tokenizer = data["tokenizer"]
@@ -389,8 +432,9 @@ def build_model(args, data):
             raise MiniBertInputError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the "
                                      f"tokenizer's ({len(tokenizer)})", file=args.init_from)
     else:
-        positions = max(PRESETS[args.preset].get("max_position_embeddings", 128), data["longest"])
-        config = MiniBertConfig.from_preset(args.preset, vocab_size=len(tokenizer), max_position_embeddings=positions)
+        preset = args.model_config()
+        positions = max(preset.max_position_embeddings, data["longest"])
+        config = args.model_config(vocab_size=len(tokenizer), max_position_embeddings=positions)
         model = MiniBertForPreTraining(config)
     if data["longest"] > model.config.max_position_embeddings:
         raise MiniBertInputError(f"rows have up to {data['longest']} tokens but the model takes at most "
@@ -546,7 +590,7 @@ def save_model(accelerator, model, tokenizer, folder, args, data, metrics) -> Pa
 
 
 def card_training_args(args) -> dict:
-    keep = ("preset", "init_from", "epochs", "max_steps", "batch_size", "gradient_accumulation_steps",
+    keep = ("preset", "config_overrides", "init_from", "epochs", "max_steps", "batch_size", "gradient_accumulation_steps",
             "learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm", "masking", "mlm_probability",
             "mixed_precision", "seed")
     return {k: getattr(args, k) for k in keep if getattr(args, k) is not None}

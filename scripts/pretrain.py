@@ -49,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     model = p.add_argument_group("model")
     model.add_argument("--preset", default=d.preset, help="tiny, baby, mini or small")
+    model.add_argument("--config-overrides", help='change preset fields, e.g. "hidden_size=256,hidden_dropout_prob=0"')
     model.add_argument("--init-from", help="start from a saved model folder instead of a fresh preset")
 
     opt = p.add_argument_group("optimisation")

@@ -82,6 +82,7 @@ def test_presets():
     (dict(position_embedding_type="rotary"), "position_embedding_type"),
     (dict(num_hidden_layers=0), "num_hidden_layers"),
     (dict(hidden_dropout_prob=1.5), "hidden_dropout_prob"),
+    (dict(layer_norm_position="sandwich"), "layer_norm_position"),
 ])
 def test_invalid_config_names_the_field(kwargs, field):
     with pytest.raises(ValueError, match=f"MiniBertConfig.{field}"):
@@ -130,9 +131,10 @@ def test_batch_without_targets_has_zero_mlm_loss():
     assert out.mlm_loss.item() == 0.0 and torch.isfinite(out.loss)
 
 
-@pytest.mark.parametrize("position_embedding_type", ["learned", "sinusoidal"])
-def test_padding_does_not_change_real_positions(position_embedding_type):
-    model = tiny_model(position_embedding_type=position_embedding_type)
+@pytest.mark.parametrize("position_embedding_type, layer_norm_position",
+                         [("learned", "post"), ("sinusoidal", "post"), ("learned", "pre")])
+def test_padding_does_not_change_real_positions(position_embedding_type, layer_norm_position):
+    model = tiny_model(position_embedding_type=position_embedding_type, layer_norm_position=layer_norm_position)
     batch = make_batch()
     row, length = 1, int(batch["attention_mask"][1].sum())
     padded = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -179,6 +181,34 @@ def test_sdpa_matches_plain_softmax_attention():
     torch.testing.assert_close(a.last_hidden_state[real], b.last_hidden_state[real], atol=1e-5, rtol=0)
     assert len(b.attentions) == 2 and len(b.hidden_states) == 3
     torch.testing.assert_close(b.pooler_output, b.last_hidden_state[:, 0])
+
+
+def reference_pre_ln_layer(layer, hidden_states, mask):
+    """A pre-LN block written out: x + attention(LN(x)), then x + feed-forward(LN(x))."""
+    normed = layer.attention_LayerNorm(hidden_states)
+    hidden_states = hidden_states + layer.attention_output(reference_attention(layer.attention, normed, mask))
+    normed = layer.output_LayerNorm(hidden_states)
+    return hidden_states + layer.output(F.gelu(layer.intermediate(normed)))
+
+
+def test_pre_layer_norm_blocks_match_the_formula():
+    model = tiny_model(MiniBertModel, layer_norm_position="pre")
+    post = tiny_model(MiniBertModel)
+    assert set(dict(model.named_parameters())) - set(dict(post.named_parameters())) == {
+        "final_LayerNorm.weight", "final_LayerNorm.bias"}
+    batch = make_batch()
+    mask = batch["attention_mask"]
+    hidden = model.embeddings(batch["input_ids"], batch["token_type_ids"])
+    for layer in model.layers:
+        hidden = reference_pre_ln_layer(layer, hidden, mask)
+    expected = model.final_LayerNorm(hidden)
+    out = model(**{k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")},
+                output_hidden_states=True)
+    real = mask.bool()
+    torch.testing.assert_close(out.last_hidden_state[real], expected[real], atol=1e-5, rtol=0)
+    # The last hidden state reported is the normalised output; the earlier ones are the residual stream.
+    assert len(out.hidden_states) == 3
+    torch.testing.assert_close(out.hidden_states[-1], out.last_hidden_state)
 
 
 def test_token_embedding_is_added_once():
@@ -253,9 +283,10 @@ def test_save_pretrained_folder(tmp_path):
     assert "lm_head.decoder.weight" not in load_file(tmp_path / "model.safetensors")
 
 
-@pytest.mark.parametrize("position_embedding_type", ["learned", "sinusoidal"])
-def test_from_pretrained_reproduces_outputs_exactly(tmp_path, position_embedding_type):
-    model = tiny_model(position_embedding_type=position_embedding_type)
+@pytest.mark.parametrize("position_embedding_type, layer_norm_position",
+                         [("learned", "post"), ("sinusoidal", "post"), ("learned", "pre")])
+def test_from_pretrained_reproduces_outputs_exactly(tmp_path, position_embedding_type, layer_norm_position):
+    model = tiny_model(position_embedding_type=position_embedding_type, layer_norm_position=layer_norm_position)
     model.save_pretrained(tmp_path)
     batch = make_batch()
     for loaded in (MiniBertForPreTraining.from_pretrained(tmp_path), AutoModelForPreTraining.from_pretrained(tmp_path)):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import socket
 import subprocess
@@ -385,12 +386,27 @@ def test_save_model_folder_replaces_atomically(tmp_path, monkeypatch):
     (dict(masking="sometimes"), "--masking must be static or dynamic"),
     (dict(push_to_hub=True), "--push-to-hub needs --hub-model-id"),
     (dict(train_file=["missing.csv"]), "missing.csv: file does not exist"),
+    (dict(config_overrides="hidden_size=48,colour=blue"), "--config-overrides: unknown config field 'colour'"),
+    (dict(config_overrides="hidden_size=big"), "--config-overrides: hidden_size must be int, got 'big'"),
+    (dict(config_overrides="hidden_size"), "--config-overrides: expected key=value"),
+    (dict(config_overrides="num_attention_heads=5"), "--config-overrides: MiniBertConfig.hidden_size (32) must be"),
+    (dict(config_overrides="layer_norm_position=middle"), "MiniBertConfig.layer_norm_position must be one of"),
 ])
 def test_bad_options_are_one_clear_line(data, tmp_path, overrides, message):
-    with pytest.raises(UserError, match=message.replace("(", r"\(")) as error:
+    with pytest.raises(UserError, match=re.escape(message)) as error:
         train(args_for(data, tmp_path / "run", **overrides))
     assert "\n" not in str(error.value)
     assert not (tmp_path / "run" / "final").exists()
+
+
+def test_config_overrides_change_the_preset_and_reach_the_saved_config(data, tmp_path):
+    out = tmp_path / "run"
+    train(args_for(data, out, max_steps=2, config_overrides="layer_norm_position=pre, hidden_dropout_prob=0,"
+                                                            "intermediate_size=48"))
+    config = json.loads((out / "final" / "config.json").read_text())
+    assert (config["layer_norm_position"], config["hidden_dropout_prob"], config["intermediate_size"]) == ("pre", 0.0, 48)
+    assert config["hidden_size"] == 32 and config["attention_probs_dropout_prob"] == 0.1  # the rest: as the preset
+    assert "layer_norm_position=pre" in (out / "final" / "README.md").read_text()
 
 
 def test_unwritable_output_dir_fails_before_training(data, tmp_path):
