@@ -71,6 +71,8 @@ def test_presets():
     assert baby.position_embedding_type == "sinusoidal" and baby.vocab_size == 300
     mini, small = MiniBertConfig.from_preset("mini"), MiniBertConfig.from_preset("small")
     assert mini.hidden_size < small.hidden_size
+    assert (mini.layer_norm_position, mini.hidden_dropout_prob, mini.attention_probs_dropout_prob) == ("pre", 0, 0)
+    assert MiniBertConfig().layer_norm_position == "post" and MiniBertConfig().hidden_dropout_prob == 0.1  # BERT's
     assert {"baby", "mini", "small", "tiny"} <= set(PRESETS)
     with pytest.raises(ValueError, match="unknown preset 'huge'.*baby"):
         MiniBertConfig.from_preset("huge")
