@@ -1,0 +1,108 @@
+#!/usr/bin/env python
+"""Compare pretraining runs: held-out MLM/NSP accuracy of several output folders, as a PNG and a markdown table.
+
+    python scripts/compare_runs.py outputs/run-a outputs/run-b --labels "lr 1e-3" "lr 2e-3" \
+        --png docs/tuning.png --markdown docs/tuning.md
+
+Each folder is a `pretrain.py --output-dir` (its metrics.jsonl is read; a run stopped early counts with the evals it
+has). The plot puts the epoch (training pairs seen / training pairs) on the x axis, so runs with different batch
+sizes line up by the data they have seen. Exit codes: 0 done, 2 a folder without eval records (one line on stderr).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from minibert_hf.cli import ArgumentParser, fail, run_cli  # noqa: E402
+from minibert_hf.errors import MiniBertInputError  # noqa: E402
+
+
+EVAL_KEYS = ("step", "epoch", "eval_mlm_accuracy", "eval_nsp_accuracy", "eval_mlm_loss", "eval_perplexity")
+
+
+def read_evals(folder: Path) -> list[dict]:
+    """The eval records of one run, in step order."""
+    path = folder / "metrics.jsonl"
+    if not path.is_file():
+        raise MiniBertInputError("no metrics.jsonl here; expected a pretrain.py --output-dir", file=folder)
+    evals = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise MiniBertInputError("not a JSON object", file=path, row=number) from None
+        if not isinstance(record, dict):
+            raise MiniBertInputError("not a JSON object", file=path, row=number)
+        if "eval_loss" in record:
+            missing = [key for key in EVAL_KEYS if not isinstance(record.get(key), (int, float))]
+            if missing:
+                raise MiniBertInputError(f"eval record without a number for {', '.join(missing)}", file=path,
+                                         row=number)
+            evals.append(record)
+    if not evals:
+        raise MiniBertInputError("no eval records (was the run evaluated?)", file=path)
+    return sorted(evals, key=lambda record: record["step"])
+
+
+def markdown_table(runs: list[tuple[str, list[dict]]]) -> str:
+    lines = ["| run | steps | epochs | MLM accuracy | NSP accuracy | MLM loss | perplexity |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for label, evals in runs:
+        last = evals[-1]
+        lines.append(f"| {label} | {last['step']} | {last['epoch']:.2f} | {last['eval_mlm_accuracy']:.1%} | "
+                     f"{last['eval_nsp_accuracy']:.1%} | {last['eval_mlm_loss']:.3f} | {last['eval_perplexity']:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(runs: list[tuple[str, list[dict]]], png: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
+    panels = (("eval_mlm_accuracy", "MLM accuracy"), ("eval_nsp_accuracy", "NSP accuracy"), ("eval_mlm_loss", "MLM loss"))
+    for axis, (key, title) in zip(axes, panels):
+        for label, evals in runs:
+            axis.plot([r["epoch"] for r in evals], [r[key] for r in evals], "o-", markersize=3, label=label)
+        axis.set(xlabel="epochs (training pairs seen / pairs)", title=f"held-out {title}")
+        axis.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    png.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png.with_name(f".{png.name}.tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, png)
+
+
+def main(argv=None) -> int:
+    parser = ArgumentParser(prog="compare_runs.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", type=Path, help="pretrain.py output folders")
+    parser.add_argument("--labels", nargs="+", help="one name per run (default: the folder names)")
+    parser.add_argument("--png", type=Path, help="write the accuracy/loss curves here")
+    parser.add_argument("--markdown", type=Path, help="write the table here (it is always printed)")
+    args = parser.parse_args(argv)
+    labels = args.labels or [folder.name for folder in args.runs]
+    if len(labels) != len(args.runs):
+        fail(f"--labels: {len(labels)} names for {len(args.runs)} runs")
+    runs = [(label, read_evals(folder)) for label, folder in zip(labels, args.runs)]
+    table = markdown_table(runs)
+    print(table, end="")
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(table, encoding="utf-8")
+    if args.png:
+        plot(runs, args.png)
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)
