@@ -260,9 +260,10 @@ def predict_labels(model, tokenizer, examples, batch_size: int = 64, max_length:
 
 
 def load_classifier(model_name_or_path, num_labels: int, from_scratch: bool = False, seed: int = 0,
-                    label_names=None):
+                    label_names=None, dropout: float | None = None):
     """``(model, tokenizer)``: the pretrained encoder with a new classification head, or (``from_scratch``)
-    the same architecture with every weight random."""
+    the same architecture with every weight random. ``dropout`` (if given) replaces the hidden, attention and
+    classifier dropout of the config: the "mini" preset pretrains without dropout, fine-tuning wants some."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from .inference import load_model
@@ -270,12 +271,13 @@ def load_classifier(model_name_or_path, num_labels: int, from_scratch: bool = Fa
     label_names = list(label_names or range(num_labels))
     id2label = {i: str(name) for i, name in enumerate(label_names)}
     label2id = {str(name): i for i, name in enumerate(label_names)}
+    fields = dict(num_labels=num_labels, id2label=id2label, label2id=label2id)
+    if dropout is not None:
+        fields.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, classifier_dropout=dropout)
     torch.manual_seed(seed)
-    model, tokenizer = load_model(model_name_or_path, auto_class=AutoModelForSequenceClassification,
-                                  num_labels=num_labels, id2label=id2label, label2id=label2id)
+    model, tokenizer = load_model(model_name_or_path, auto_class=AutoModelForSequenceClassification, **fields)
     if from_scratch:
-        config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=True, num_labels=num_labels,
-                                            id2label=id2label, label2id=label2id)
+        config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=True, **fields)
         torch.manual_seed(seed)
         model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=True)
     return model, tokenizer
@@ -293,6 +295,7 @@ def finetune(
     weight_decay: float = 0.01,
     warmup_fraction: float = 0.1,
     max_length: int = 128,
+    dropout: float | None = 0.1,
     seed: int = 0,
     device=None,
     output_dir=None,
@@ -301,7 +304,7 @@ def finetune(
     """Fine-tune on ``data.train`` and return held-out accuracy / macro-F1 on ``data.test``.
 
     AdamW with linear warm-up (``warmup_fraction`` of the steps) and linear decay, gradient clipping at 1.0,
-    as in BERT. ``max_steps`` (if given) stops training early. With ``output_dir``, the fine-tuned model,
+    dropout 0.1 (``dropout=None`` keeps the model's own), as in BERT. ``max_steps`` (if given) stops training early. With ``output_dir``, the fine-tuned model,
     tokenizer and ``results.json`` are written there (to a temporary name first, then renamed).
     """
     if batch_size < 1:
@@ -312,6 +315,8 @@ def finetune(
         raise MiniBertInputError(f"epochs must be more than 0, got {epochs}")
     if learning_rate <= 0:
         raise MiniBertInputError(f"learning rate must be more than 0, got {learning_rate}")
+    if dropout is not None and not 0 <= dropout < 1:
+        raise MiniBertInputError(f"dropout must be in [0, 1), got {dropout}")
     if output_dir is not None:
         output_dir = Path(output_dir)
         _check_writable(output_dir)
@@ -321,7 +326,8 @@ def finetune(
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as error:
         raise MiniBertInputError(f"device {str(device)!r} is not usable here ({str(error).splitlines()[0]})") from None
-    model, tokenizer = load_classifier(model_name_or_path, data.num_labels, from_scratch, seed, data.label_names)
+    model, tokenizer = load_classifier(model_name_or_path, data.num_labels, from_scratch, seed, data.label_names,
+                                       dropout)
     model.to(device)
     max_length = min(max_length, model.config.max_position_embeddings)
 
@@ -373,7 +379,8 @@ def finetune(
         train_seconds=round(seconds, 2), model=str(model_name_or_path), from_scratch=from_scratch,
         dataset=data.source,
         settings=dict(batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
-                      warmup_fraction=warmup_fraction, max_length=max_length, seed=seed, max_steps=max_steps),
+                      warmup_fraction=warmup_fraction, max_length=max_length, seed=seed, max_steps=max_steps,
+                      dropout=model.config.hidden_dropout_prob),
     )
     if output_dir is not None:
         _save(model, tokenizer, result, output_dir)
