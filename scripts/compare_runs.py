@@ -70,8 +70,10 @@ def plot(runs: list[tuple[str, list[dict]]], png: Path) -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     panels = (("eval_mlm_accuracy", "MLM accuracy"), ("eval_nsp_accuracy", "NSP accuracy"), ("eval_mlm_loss", "MLM loss"))
     for axis, (key, title) in zip(axes, panels):
-        for label, evals in runs:
-            axis.plot([r["epoch"] for r in evals], [r[key] for r in evals], "o-", markersize=3, label=label)
+        for number, (label, evals) in enumerate(runs):
+            style = ("-", "--", ":")[number // 10 % 3]  # the colour cycle has 10 colours
+            axis.plot([r["epoch"] for r in evals], [r[key] for r in evals], marker="o", linestyle=style,
+                      markersize=3, label=label)
         axis.set(xlabel="epochs (training pairs seen / pairs)", title=f"held-out {title}")
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
