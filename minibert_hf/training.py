@@ -400,13 +400,29 @@ def load_data(args) -> dict:
     return dict(train=train, test=test, tokenizer=tokenizer, info=info, longest=longest, train_files=train_files)
 
 
+def preparation_fingerprint() -> str:
+    """A short hash of the code that turns the default corpus into CSVs (corpus reading, tokenizer, pairs and masks):
+    a cache written by other code is never taken for this code's output."""
+    from . import corpus, pretraining_data, tokenizer
+
+    digest = hashlib.sha256()
+    for module in (corpus, pretraining_data, tokenizer):
+        digest.update(Path(module.__file__).read_bytes())
+    return digest.hexdigest()[:10]
+
+
 def prepare_default_data(args) -> Path:
     """The default corpus prepared once (data seed and test split: prepare_data.py's defaults) into the cache
-    ($MINIBERT_CACHE, default ~/.cache/minibert-hf), reused by later runs."""
+    ($MINIBERT_CACHE, default ~/.cache/minibert-hf), reused by later runs of the same preparation code.
+
+    The folder is named by the options and `preparation_fingerprint()`; folders of other code versions are left
+    alone (another checkout may be using them) and can be deleted by hand.
+    """
     from .corpus import cache_dir
     from .pretraining_data import prepare_pretraining_data
 
-    folder = cache_dir() / f"pretraining-default-vocab{args.vocab_size}-len{args.max_seq_length}"
+    folder = cache_dir() / (f"pretraining-default-vocab{args.vocab_size}-len{args.max_seq_length}-"
+                            f"{preparation_fingerprint()}")
     if not all((folder / name).exists() for name in ("train.csv", "test.csv", "tokenizer", "stats.json")):
         tmp = folder.with_name(f".tmp-{folder.name}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)

@@ -409,6 +409,33 @@ def test_config_overrides_change_the_preset_and_reach_the_saved_config(data, tmp
     assert "layer_norm_position=pre" in (out / "final" / "README.md").read_text()
 
 
+def test_no_data_prepares_the_default_corpus_once_per_preparation_code(data, tmp_path, monkeypatch):
+    """Without --train-file the default corpus is prepared into the cache, under a name that carries a fingerprint
+    of the preparation code: the same code reuses it, other code (e.g. after a git pull) prepares its own."""
+    from minibert_hf import pretraining_data
+
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("MINIBERT_CACHE", str(cache))
+    calls = []
+
+    def fake_prepare(folder, vocab_size, max_seq_length):  # the fixture data stands in for the downloaded corpus
+        calls.append((vocab_size, max_seq_length))
+        shutil.copytree(data, folder)
+
+    monkeypatch.setattr(pretraining_data, "prepare_pretraining_data", fake_prepare)
+    result = train(args_for(data, tmp_path / "run", train_file=None, test_file=None, tokenizer=None, max_steps=2))
+    fingerprint = training.preparation_fingerprint()
+    assert len(fingerprint) == 10 and result["step"] == 2 and calls == [(8192, 128)]
+    assert [p.name for p in cache.iterdir()] == [f"pretraining-default-vocab8192-len128-{fingerprint}"]
+
+    args = args_for(data, tmp_path / "run")
+    assert training.prepare_default_data(args).name.endswith(fingerprint) and len(calls) == 1  # reused
+
+    monkeypatch.setattr(training, "preparation_fingerprint", lambda: "0123456789")  # other preparation code
+    assert training.prepare_default_data(args).name == "pretraining-default-vocab8192-len128-0123456789"
+    assert len(calls) == 2 and len(list(cache.iterdir())) == 2  # the other version's folder is left alone
+
+
 def test_unwritable_output_dir_fails_before_training(data, tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
