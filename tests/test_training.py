@@ -158,8 +158,10 @@ def test_end_to_end_run_writes_a_final_folder_that_loads_without_the_package(dat
 
 def test_loss_goes_down_when_overfitting_a_tiny_set(data, tmp_path):
     out = tmp_path / "run"
+    # 16 epochs: at 8, one CI run left 2 of the 16 pairs unlearnt (NSP 0.875); the data differ slightly from
+    # run to run because tokenizer training is not bit-reproducible.
     train(args_for(data, out, train_file=[str(data / "train16x12.csv")], test_file=[str(data / "train16.csv")],
-                   masking="static", max_steps=96, learning_rate=5e-3, warmup_ratio=0.0, logging_steps=12))
+                   masking="static", max_steps=192, learning_rate=5e-3, warmup_ratio=0.0, logging_steps=12))
     records = read_metrics(out)
     losses = [r["train_loss"] for r in records if "train_loss" in r]
     assert losses[-1] < 0.5 * losses[0], losses
