@@ -304,8 +304,9 @@ def finetune(
     """Fine-tune on ``data.train`` and return held-out accuracy / macro-F1 on ``data.test``.
 
     AdamW with linear warm-up (``warmup_fraction`` of the steps) and linear decay, gradient clipping at 1.0,
-    dropout 0.1 (``dropout=None`` keeps the model's own), as in BERT. ``max_steps`` (if given) stops training early. With ``output_dir``, the fine-tuned model,
-    tokenizer and ``results.json`` are written there (to a temporary name first, then renamed).
+    dropout 0.1 (``dropout=None`` keeps the model's own), as in BERT. ``max_steps`` (if given) stops training
+    early. With ``output_dir``, the fine-tuned model, tokenizer and ``results.json`` are written there (to a
+    temporary name first, then renamed).
     """
     if batch_size < 1:
         raise MiniBertInputError(f"batch size must be at least 1, got {batch_size}")

@@ -448,9 +448,8 @@ def build_model(args, data):
             raise MiniBertInputError(f"the model's vocabulary ({model.config.vocab_size}) is smaller than the "
                                      f"tokenizer's ({len(tokenizer)})", file=args.init_from)
     else:
-        preset = args.model_config()
-        positions = max(preset.max_position_embeddings, data["longest"])
-        config = args.model_config(vocab_size=len(tokenizer), max_position_embeddings=positions)
+        config = args.model_config(vocab_size=len(tokenizer))
+        config.max_position_embeddings = max(config.max_position_embeddings, data["longest"])  # only ever grows
         model = MiniBertForPreTraining(config)
     if data["longest"] > model.config.max_position_embeddings:
         raise MiniBertInputError(f"rows have up to {data['longest']} tokens but the model takes at most "
@@ -606,9 +605,9 @@ def save_model(accelerator, model, tokenizer, folder, args, data, metrics) -> Pa
 
 
 def card_training_args(args) -> dict:
-    keep = ("preset", "config_overrides", "init_from", "epochs", "max_steps", "batch_size", "gradient_accumulation_steps",
-            "learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm", "masking", "mlm_probability",
-            "mixed_precision", "seed")
+    keep = ("preset", "config_overrides", "init_from", "epochs", "max_steps", "batch_size",
+            "gradient_accumulation_steps", "learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm",
+            "masking", "mlm_probability", "mixed_precision", "seed")
     return {k: getattr(args, k) for k in keep if getattr(args, k) is not None}
 
 

@@ -68,7 +68,8 @@ def plot(runs: list[tuple[str, list[dict]]], png: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    panels = (("eval_mlm_accuracy", "MLM accuracy"), ("eval_nsp_accuracy", "NSP accuracy"), ("eval_mlm_loss", "MLM loss"))
+    panels = (("eval_mlm_accuracy", "MLM accuracy"), ("eval_nsp_accuracy", "NSP accuracy"),
+              ("eval_mlm_loss", "MLM loss"))
     for axis, (key, title) in zip(axes, panels):
         for number, (label, evals) in enumerate(runs):
             style = ("-", "--", ":")[number // 10 % 3]  # the colour cycle has 10 colours

@@ -91,7 +91,8 @@ def main(argv=None) -> int:
         result = finetune(
             args.model, data, from_scratch=args.from_scratch, epochs=args.epochs, max_steps=args.max_steps,
             batch_size=args.batch_size, learning_rate=args.learning_rate, max_length=args.max_length,
-            dropout=None if args.dropout == -1 else args.dropout, seed=args.seed, device=args.device, output_dir=output_dir,
+            dropout=None if args.dropout == -1 else args.dropout, seed=args.seed, device=args.device,
+            output_dir=output_dir,
             log=lambda line: print(line, flush=True),
         )
     except HubError as error:

@@ -10,3 +10,19 @@ def isolated_minibert_cache(tmp_path_factory):
     patch.setenv("MINIBERT_CACHE", str(tmp_path_factory.mktemp("minibert-cache")))
     yield
     patch.undo()
+
+
+@pytest.fixture
+def torch_load_flags(monkeypatch):
+    """The `weights_only` argument of every torch.load call made during the test, in order."""
+    import torch
+
+    flags = []
+    real_load = torch.load
+
+    def recording_load(*args, **kwargs):
+        flags.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", recording_load)
+    return flags

@@ -552,7 +552,7 @@ def test_saved_remote_code_only_defines_things_at_import(procs):
             pytest.fail(f"{path.name}: top-level statement runs code at import: {ast.unparse(node)[:120]}")
 
 
-def test_resume_loads_checkpoint_state_with_weights_only(data, procs, tmp_path, monkeypatch,
+def test_resume_loads_checkpoint_state_with_weights_only(data, procs, tmp_path, torch_load_flags,
                                                          fresh_accelerate_state):
     """accelerate's load_state (optimizer, scheduler, RNG) goes through torch.load(weights_only=True) and the
     model weights through safetensors when the token run is resumed from its step-2 checkpoint; the resumed run
@@ -567,20 +567,12 @@ def test_resume_loads_checkpoint_state_with_weights_only(data, procs, tmp_path, 
     shutil.copytree(procs.outputs["token run"], run)
     shutil.rmtree(run / "checkpoints" / f"step-{RUN_STEPS}")  # resume from step 2
     shutil.rmtree(run / "final")
-    calls = []
-    real_load = torch.load
-
-    def spy(*args, **kwargs):
-        calls.append(kwargs.get("weights_only"))
-        return real_load(*args, **kwargs)
-
-    monkeypatch.setattr(torch, "load", spy)
     args = TrainingArguments(train_file=[str(data / "train64.csv")], test_file=[str(data / "test.csv")],
                              tokenizer=str(data / "tokenizer"), preset="tiny", output_dir=str(run), batch_size=16,
                              max_steps=RUN_STEPS, logging_steps=1, checkpointing_steps=2,
                              resume_from_checkpoint="latest", show_progress=False)
     assert train(args)["step"] == RUN_STEPS
-    assert calls and all(flag is True for flag in calls), calls
+    assert torch_load_flags and all(flag is True for flag in torch_load_flags), torch_load_flags
     checkpoint = run / "checkpoints" / "step-2"
     assert (checkpoint / "model.safetensors").is_file() and not list(checkpoint.glob("pytorch_model*.bin"))
     straight = load_file(procs.outputs["token run"] / "final" / "model.safetensors")

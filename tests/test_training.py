@@ -209,7 +209,7 @@ class Interrupted(Exception):
     pass
 
 
-def test_resume_gives_the_same_weights_as_a_straight_run(data, tmp_path, monkeypatch):
+def test_resume_gives_the_same_weights_as_a_straight_run(data, tmp_path, monkeypatch, torch_load_flags):
     # 64 rows, batch 16, accumulation 2: 2 steps per epoch; 6 steps = 3 epochs; stop after step 3 (mid-epoch).
     common = dict(max_steps=6, gradient_accumulation_steps=2, checkpointing_steps=1, save_total_limit=3,
                   masking="dynamic", eval_steps=0)
@@ -236,16 +236,8 @@ def test_resume_gives_the_same_weights_as_a_straight_run(data, tmp_path, monkeyp
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
 
-    loads = []
-    real_load = torch.load
-
-    def recording_load(*args, **kwargs):
-        loads.append(kwargs.get("weights_only"))
-        return real_load(*args, **kwargs)
-
-    monkeypatch.setattr(torch, "load", recording_load)
     train(args_for(data, resumed, resume_from_checkpoint="latest", **common))
-    assert loads and all(flag is True for flag in loads), loads  # nothing unpickled
+    assert torch_load_flags and all(flag is True for flag in torch_load_flags), torch_load_flags  # no pickle
 
     a, b = load_file(straight / "final" / "model.safetensors"), load_file(resumed / "final" / "model.safetensors")
     assert a.keys() == b.keys()
@@ -406,7 +398,8 @@ def test_config_overrides_change_the_preset_and_reach_the_saved_config(data, tmp
     train(args_for(data, out, max_steps=2, config_overrides="layer_norm_position=pre, hidden_dropout_prob=0,"
                                                             "intermediate_size=48"))
     config = json.loads((out / "final" / "config.json").read_text())
-    assert (config["layer_norm_position"], config["hidden_dropout_prob"], config["intermediate_size"]) == ("pre", 0.0, 48)
+    assert (config["layer_norm_position"], config["hidden_dropout_prob"], config["intermediate_size"]) == \
+        ("pre", 0.0, 48)
     assert config["hidden_size"] == 32 and config["attention_probs_dropout_prob"] == 0.1  # the rest: as the preset
     assert "layer_norm_position=pre" in (out / "final" / "README.md").read_text()
 
