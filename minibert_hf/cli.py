@@ -1,6 +1,8 @@
 """Small helpers shared by the command-line scripts.
 
 ``fail(message)`` prints ``error: message`` on stderr and exits (code 2 = bad input).
+``ArgumentParser`` is argparse's with that one-line error; ``dataclass_parser(*types)`` builds one from option
+dataclasses (``transformers.HfArgumentParser``: a flag per field, help from the field's metadata).
 ``run_cli(main)`` runs a script's ``main`` and turns a :class:`~minibert_hf.errors.UserError` (or a plain
 ``FileNotFoundError``/``IsADirectoryError``/``PermissionError`` about a user path, or a full / read-only disk) into
 that one line, with no traceback. Other exceptions are bugs and keep their traceback.
@@ -31,6 +33,18 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:  # noqa: D401 - argparse API
         fail(f"{self.prog}: {message} (see --help)", code=2)
+
+
+def dataclass_parser(*dataclass_types, **kwargs):
+    """An ``HfArgumentParser`` over ``dataclass_types`` whose usage errors are one line, exit 2.
+    ``parser.parse_args_into_dataclasses(argv)`` returns one instance per type."""
+    from transformers import HfArgumentParser
+
+    class OneLineHfArgumentParser(ArgumentParser, HfArgumentParser):
+        pass
+
+    kwargs.setdefault("formatter_class", argparse.ArgumentDefaultsHelpFormatter)
+    return OneLineHfArgumentParser(dataclass_types, **kwargs)
 
 
 def run_cli(main: Callable[..., object], *args, **kwargs) -> object:

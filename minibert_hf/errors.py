@@ -43,3 +43,25 @@ def _rebuild(cls, message, file, row, column):
 
 class MiniBertInputError(UserError):
     """Bad input data: a CSV, text file, corpus, tokenizer folder or model folder we cannot use."""
+
+
+class HubError(RuntimeError):
+    """The Hub could not be reached or refused the request (CLI exit code 1)."""
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss stayed NaN/inf for several steps in a row; training stops with a one-line message (exit 1)."""
+
+
+# Modules whose exceptions mean "the remote side failed" (whatever HTTP library huggingface_hub uses).
+_REMOTE_MODULES = {"huggingface_hub", "httpx", "httpx2", "httpcore", "httpcore2", "requests", "urllib3", "h11", "ssl"}
+
+
+def is_remote_failure(error: BaseException) -> bool:
+    """True for errors of the HTTP stack or the Hub client: the network or the Hub failed, not the user's input."""
+    if isinstance(error, (ConnectionError, TimeoutError)):
+        return True
+    for cls in type(error).__mro__:
+        if cls.__module__.split(".")[0] in _REMOTE_MODULES:
+            return True
+    return isinstance(error, OSError) and not isinstance(error, (FileNotFoundError, PermissionError))

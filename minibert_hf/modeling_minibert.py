@@ -14,6 +14,7 @@ This file travels with every checkpoint, so it imports only torch, transformers 
 
 import math
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -36,12 +37,29 @@ def sinusoidal_positions(position_ids, dim):
     return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # interleave: sin, cos, sin, cos, ...
 
 
-def pad_tokens(tokens, index, batch, seq):
-    """Put packed real tokens back in place: (tokens, features) -> (batch, seq, features), zeros at padding.
+class Unpadded(NamedTuple):
+    """Where the real tokens of a padded (batch, seq) batch are, to work on them alone, packed as (tokens, features).
 
-    ``index`` holds the flat positions (row * seq + column) of the real tokens.
+    ``index`` holds their flat positions (row * seq + column).
     """
-    return tokens.new_zeros(batch * seq, tokens.shape[-1]).index_copy(0, index, tokens).view(batch, seq, -1)
+
+    index: torch.Tensor  # (tokens,)
+    batch: int
+    seq: int
+
+    @classmethod
+    def from_mask(cls, attention_mask):
+        """From a (batch, seq) attention mask, 1 = real token."""
+        return cls(attention_mask.reshape(-1).nonzero().squeeze(1), *attention_mask.shape)
+
+    def pack(self, states):
+        """(batch, seq, features) -> (tokens, features): the real tokens only."""
+        return states.reshape(self.batch * self.seq, -1).index_select(0, self.index)
+
+    def pad(self, tokens):
+        """(tokens, features) -> (batch, seq, features): put the real tokens back in place, zeros at padding."""
+        padded = tokens.new_zeros(self.batch * self.seq, tokens.shape[-1]).index_copy(0, self.index, tokens)
+        return padded.view(self.batch, self.seq, -1)
 
 
 class MiniBertEmbeddings(nn.Module):
@@ -58,7 +76,7 @@ class MiniBertEmbeddings(nn.Module):
         self.config = config
 
     def forward(self, input_ids, token_type_ids=None, position_ids=None, index=None):
-        """(batch, seq, hidden); with ``index`` (flat positions of the real tokens) only those: (tokens, hidden)."""
+        """(batch, seq, hidden); with ``index`` (``Unpadded.index``) only the real tokens: (tokens, hidden)."""
         batch, seq_length = input_ids.shape
         if seq_length > self.config.max_position_embeddings:
             raise ValueError(f"sequence length {seq_length} exceeds max_position_embeddings "
@@ -92,12 +110,12 @@ class MiniBertSelfAttention(nn.Module):
     def forward(self, hidden_states, mask=None, output_attentions=False, unpadded=None):
         """hidden_states (batch, seq, hidden); mask (batch, 1, 1, seq) bool, True = may be attended to.
 
-        With ``unpadded = (index, batch, seq)`` hidden_states holds only the real tokens, (tokens, hidden): they are
+        With ``unpadded`` (an :class:`Unpadded`) hidden_states holds only the real tokens, (tokens, hidden): they are
         projected as they are and put in place (zeros at padding) only for the attention itself.
         """
         qkv = self.qkv(hidden_states)
         if unpadded is not None:
-            qkv = pad_tokens(qkv, *unpadded)
+            qkv = unpadded.pad(qkv)
         batch, seq, hidden = qkv.shape[0], qkv.shape[1], hidden_states.shape[-1]
         qkv = qkv.view(batch, seq, 3, self.num_heads, self.head_dim)
         query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each (batch, heads, seq, head_dim)
@@ -114,7 +132,7 @@ class MiniBertSelfAttention(nn.Module):
             context = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout_prob)
         context = context.transpose(1, 2).reshape(batch, seq, hidden)
         if unpadded is not None:
-            context = context.reshape(batch * seq, hidden).index_select(0, unpadded[0])
+            context = unpadded.pack(context)
         return context, weights
 
 
@@ -201,14 +219,13 @@ class MiniBertModel(MiniBertPreTrainedModel):
             mask = attention_mask.bool()[:, None, None, :]  # (batch, 1, 1, seq)
             # Token-wise work (projections, feed-forward, LayerNorm, dropout) runs on the real tokens only,
             # packed as (tokens, hidden); they are put back in place (zeros at padding) for the attention.
-            index = attention_mask.reshape(-1).nonzero().squeeze(1)  # flat positions of the real tokens
-            unpadded = (index, *input_ids.shape)
+            unpadded = Unpadded.from_mask(attention_mask)
 
         def padded(states):
-            return states if unpadded is None else pad_tokens(states, *unpadded)
+            return states if unpadded is None else unpadded.pad(states)
 
         hidden_states = self.embeddings(input_ids, token_type_ids, position_ids,
-                                        None if unpadded is None else unpadded[0])
+                                        None if unpadded is None else unpadded.index)
         all_hidden_states = (padded(hidden_states),) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for layer in self.layers:

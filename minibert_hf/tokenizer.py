@@ -20,6 +20,7 @@ PAD, CLS, SEP, MASK, UNK = "[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"
 SPECIAL_TOKENS = (PAD, CLS, SEP, MASK, UNK)
 PAD_ID, CLS_ID, SEP_ID, MASK_ID, UNK_ID = range(5)
 SPECIAL_IDS = (PAD_ID, CLS_ID, SEP_ID, MASK_ID, UNK_ID)
+NUM_SPECIAL = len(SPECIAL_IDS)  # word ids start here: ids below it are never MLM targets or random replacements
 
 DEFAULT_VOCAB_SIZE = 8192
 DEFAULT_MODEL_MAX_LENGTH = 128

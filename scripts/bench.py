@@ -34,6 +34,7 @@ import shlex
 import statistics
 import subprocess
 import sys
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -274,11 +275,17 @@ def write_corpus_text(documents, path):
             handle.write("\n".join(document) + "\n\n")
 
 
-def prepare_data(args):
-    """Return (train_csv, prep_info). Prepares into the cache when needed; times one preparation."""
-    from minibert_hf.corpus import cache_dir
-    from minibert_hf.pretraining_data import prepare_pretraining_data
+def prepare_data(args, scratch: Path):
+    """Return (train_csv, prep_info). Prepares the data when needed; times one preparation.
 
+    The default corpus is prepared once into the cache, in a folder named by its options and the preparation code's
+    fingerprint (``pretraining_data.default_data_dir``), so data written by other code is never benchmarked;
+    ``--text-files`` without ``--data-dir`` are prepared into ``scratch`` for this run only.
+    """
+    from minibert_hf.corpus import DEFAULT_CORPUS_INFO
+    from minibert_hf.pretraining_data import PreparationOptions, default_data_dir, prepare_pretraining_data
+
+    options = PreparationOptions(vocab_size=args.vocab_size, max_seq_length=args.max_seq_length, seed=args.seed)
     prep = None
     if args.csv:
         csv_path = Path(args.csv)
@@ -288,8 +295,12 @@ def prepare_data(args):
             raise MiniBertInputError("no such file", file=str(csv_path))
         data_dir = None
     else:
-        data_dir = Path(args.data_dir) if args.data_dir else (
-            cache_dir() / f"bench-data-v{args.vocab_size}-l{args.max_seq_length}")
+        if args.data_dir:
+            data_dir = Path(args.data_dir)
+        elif args.text_files:
+            data_dir = scratch / "data"
+        else:
+            data_dir = default_data_dir(options, prefix="bench-data")
         csv_path = data_dir / "train.csv"
     need_prep = not csv_path.is_file()
     # With --csv, a preparation is timed only on --text-files (never a download behind the user's back).
@@ -299,21 +310,20 @@ def prepare_data(args):
     with tempfile.TemporaryDirectory(prefix="minibert-bench-") as tmp:
         text_files, source_info = args.text_files, None
         if not text_files:
-            from minibert_hf.corpus import DEFAULT_CORPUS_INFO, default_corpus_documents
+            from minibert_hf.corpus import default_corpus_documents
 
             corpus_txt = Path(tmp) / "default_corpus.txt"
             write_corpus_text(default_corpus_documents(), corpus_txt)
             text_files = [str(corpus_txt)]
-            source_info = {k: DEFAULT_CORPUS_INFO[k] for k in ("name", "source", "license")}
+            source_info = dict(DEFAULT_CORPUS_INFO)
 
         def run(files, target):
             raw_bytes = sum(os.path.getsize(f) for f in files)
             before = rss_bytes()
             reset_peak_rss()
             started = time.perf_counter()
-            stats = prepare_pretraining_data(target, text_files=files, vocab_size=args.vocab_size,
-                                             max_seq_length=args.max_seq_length, seed=args.seed,
-                                             show_progress=False, source_info=source_info)
+            stats = prepare_pretraining_data(target, options, text_files=files, show_progress=False,
+                                             source_info=source_info)
             seconds = time.perf_counter() - started
             children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024
             return {
@@ -572,122 +582,6 @@ def machine_info(args):
 
 
 # --------------------------------------------------------------------------------------------------
-# reports
-# --------------------------------------------------------------------------------------------------
-
-
-def write_atomic(path, data, binary=False):
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    if binary:
-        tmp.write_bytes(data)
-    else:
-        tmp.write_text(data, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def render_markdown(results):
-    lines = ["# MiniBERT vs transformers BertForPreTraining", ""]
-    runs = results.get("runs", {})
-    if not runs:
-        return "\n".join(lines + ["(no runs)", ""])
-    lines += ["Training step = forward + backward + clip-grad-norm 1.0 + AdamW step, on the same batches, A/B "
-              "alternating after warm-up. Speed-up = median over pairs of HF time / our time. Memory = peak RSS "
-              "growth during training steps in a fresh process (activations, gradients, optimizer state).", ""]
-    lines += ["| run | ours ms/step | HF ms/step | ours tokens/s | HF tokens/s | train speed-up | "
-              "inference ms (ours / HF) | inference speed-up | peak mem MB (ours / HF) | held-out loss end (ours / HF) |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name, run in runs.items():
-        t, inf, mem = run["training"], run.get("inference", {}), run.get("memory") or {}
-        mem_text = (f"{mem['ours']['peak_growth_mb']:.0f} / {mem['hf']['peak_growth_mb']:.0f}"
-                    if mem else "n/a")
-        lines.append(
-            f"| {name} | {t['ours']['median_ms']:.0f} | {t['hf']['median_ms']:.0f} | "
-            f"{t['ours']['tokens_per_second']:.0f} | {t['hf']['tokens_per_second']:.0f} | "
-            f"**{t['speedup_median_of_pairs']:.2f}x** | "
-            f"{inf.get('ours_median_ms', float('nan')):.0f} / {inf.get('hf_median_ms', float('nan')):.0f} | "
-            f"{inf.get('speedup_median_of_pairs', float('nan')):.2f}x | {mem_text} | "
-            f"{t['ours']['held_out_loss_end']:.3f} / {t['hf']['held_out_loss_end']:.3f} |")
-    lines += ["", "## Data", "", "| run | prep MB/s | prep MB (corpus x repeat) | prep peak RSS growth MB "
-              "(main / largest worker) | loader batches/s (collate_batch) | loader batches/s (DynamicMasking) | "
-              "real / padded tokens per batch |", "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, run in runs.items():
-        prep, loader, t = run.get("data_prep") or {}, run.get("loader", {}), run["training"]
-        memory = (f"{prep['peak_rss_growth_mb']:.0f} / {prep['largest_child_peak_rss_mb']:.0f}"
-                  if "peak_rss_growth_mb" in prep else "n/a")
-        lines.append(
-            f"| {name} | {prep.get('mb_per_second', 'n/a')} | {prep.get('raw_mb', 'n/a')} (x{prep.get('repeat', 1)}) | "
-            f"{memory} | {loader.get('collate_batch_batches_per_second', 'n/a')} | "
-            f"{loader.get('dynamic_masking_batches_per_second', 'n/a')} | "
-            f"{t['real_tokens_per_batch_mean']:.0f} / {t['padded_tokens_per_batch_mean']:.0f} |")
-    lines += ["", "## Runs", ""]
-    for name, run in runs.items():
-        m, t = run["machine"], run["training"]
-        lines += [f"### {name}", "",
-                  f"- command: `{run['command']}`",
-                  f"- when: {run['timestamp']}",
-                  f"- machine: {m['cpu']} ({m['cpu_flags']}), {m['logical_cpus']} logical CPUs, "
-                  f"{m['torch_threads']} torch threads; load average at start {m['load_average_start']}, "
-                  f"at end {m.get('load_average_end')}",
-                  f"- software: Python {m['python']}, torch {m['torch']}, transformers {m['transformers']}, "
-                  f"{m['platform']}",
-                  f"- model: {run['config']}",
-                  f"- data: {run['data']}",
-                  f"- training: {t['steps_each']} measured steps each after {t['warmup_each']} warm-up; speed-up "
-                  f"over pairs min {t['speedup_min_of_pairs']:.2f}x, median {t['speedup_median_of_pairs']:.2f}x, "
-                  f"max {t['speedup_max_of_pairs']:.2f}x; train loss mean of last 5 steps: ours "
-                  f"{t['ours']['train_loss_mean_last5']:.3f}, HF {t['hf']['train_loss_mean_last5']:.3f}; "
-                  f"held-out batch loss start → end: ours {t['ours']['held_out_loss_start']:.3f} → "
-                  f"{t['ours']['held_out_loss_end']:.3f}, HF {t['hf']['held_out_loss_start']:.3f} → "
-                  f"{t['hf']['held_out_loss_end']:.3f}",
-                  f"- weights: {run['weights']}", ""]
-        if run.get("inference"):
-            lines.insert(len(lines) - 1, f"- inference logits max |ours - HF| on real tokens, same weights: "
-                                         f"{run['inference']['logits_max_abs_diff_real_tokens']:.2e}")
-    return "\n".join(lines) + "\n"
-
-
-def render_png(results, path):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    runs = results.get("runs", {})
-    names = list(runs)
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    width = 0.38
-    xs = range(len(names))
-    panels = [
-        ("training tokens/s (higher is better)",
-         [runs[n]["training"]["ours"]["tokens_per_second"] for n in names],
-         [runs[n]["training"]["hf"]["tokens_per_second"] for n in names]),
-        ("inference forward ms, full logits (lower is better)",
-         [runs[n].get("inference", {}).get("ours_median_ms", 0) for n in names],
-         [runs[n].get("inference", {}).get("hf_median_ms", 0) for n in names]),
-        ("peak training memory growth MB (lower is better)",
-         [(runs[n].get("memory") or {}).get("ours", {}).get("peak_growth_mb", 0) for n in names],
-         [(runs[n].get("memory") or {}).get("hf", {}).get("peak_growth_mb", 0) for n in names]),
-    ]
-    for ax, (title, ours, hf) in zip(axes, panels):
-        ax.bar([x - width / 2 for x in xs], ours, width, label="MiniBERT")
-        ax.bar([x + width / 2 for x in xs], hf, width, label="HF BertForPreTraining (sdpa)")
-        ax.set_xticks(list(xs), names)
-        ax.set_title(title, fontsize=9)
-        ax.grid(axis="y", alpha=0.3)
-    for n_index, n in enumerate(names):
-        speedup = runs[n]["training"]["speedup_median_of_pairs"]
-        top = max(panels[0][1][n_index], panels[0][2][n_index])
-        axes[0].annotate(f"{speedup:.2f}x", (n_index, top), ha="center", va="bottom", fontsize=9)
-    axes[0].legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp-{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-# --------------------------------------------------------------------------------------------------
 # main
 # --------------------------------------------------------------------------------------------------
 
@@ -703,31 +597,43 @@ def main(argv=None):
         memory_child(args)
         return 0
 
-    from minibert_hf.pretraining_data import DynamicMasking, collate_batch, load_pretraining_csv
+    from bench_report import write_reports
+
+    from minibert_hf.atomic import write_text
+    from minibert_hf.collator import DynamicMasker, collate_batch
+    from minibert_hf.pretraining_csv import load_pretraining_csv
 
     output_dir = Path(args.output_dir)
     machine = machine_info(args)
     print(f"[bench] run {run_name(args)}: {machine['torch_threads']} threads, load {machine['load_average_start']}",
           flush=True)
 
-    csv_path, prep = prepare_data(args)
+    scratch = Path(tempfile.mkdtemp(prefix="minibert-bench-data-"))
+    try:
+        csv_path, prep = prepare_data(args, scratch)
+        dataset = load_pretraining_csv(str(csv_path), max_length=args.max_seq_length)
+        tok_vocab = tokenizer_vocab_size(csv_path)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
     if prep:
         print(f"[bench] data prep: {prep['raw_mb']} MB (corpus x{prep['repeat']}) in {prep['seconds']} s = "
               f"{prep['mb_per_second']} MB/s; peak RSS growth {prep['peak_rss_growth_mb']} MB, largest worker "
               f"{prep['largest_child_peak_rss_mb']} MB", flush=True)
-    dataset = load_pretraining_csv(str(csv_path), max_length=args.max_seq_length)
     if len(dataset) < 2:
         from minibert_hf.errors import MiniBertInputError
 
         raise MiniBertInputError(f"need at least 2 rows to benchmark, found {len(dataset)}", file=str(csv_path))
     max_id = max(max(row) for row in dataset["input_ids"])
-    tok_vocab = tokenizer_vocab_size(csv_path)
     vocab_size = max(args.vocab_size, max_id + 1)
+
+    masker, generator = DynamicMasker(vocab_size), torch.Generator().manual_seed(args.seed)
+
+    def masked_collate(examples):  # what the training loop does to each micro-batch, here in the DataLoader
+        return masker(collate_batch(examples), generator)
 
     loader = {
         "collate_batch_batches_per_second": round(time_loader(dataset, args, collate_batch), 1),
-        "dynamic_masking_batches_per_second": round(
-            time_loader(dataset, args, DynamicMasking(vocab_size, seed=args.seed)), 1),
+        "dynamic_masking_batches_per_second": round(time_loader(dataset, args, masked_collate), 1),
         "batch_size": args.batch_size,
     }
     print(f"[bench] loader: {loader}", flush=True)
@@ -790,9 +696,8 @@ def main(argv=None):
         except ValueError:
             results = {"runs": {}}
     results["runs"][run_name(args)] = run
-    write_atomic(results_path, json.dumps(results, indent=2) + "\n")
-    write_atomic(output_dir / "results.md", render_markdown(results))
-    render_png(results, output_dir / "results.png")
+    write_text(results_path, json.dumps(results, indent=2) + "\n")
+    write_reports(results, output_dir)
     print(f"[bench] wrote {results_path}, results.md, results.png", flush=True)
     return 0
 

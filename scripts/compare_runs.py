@@ -11,44 +11,15 @@ sizes line up by the data they have seen. Exit codes: 0 done, 2 a folder without
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from minibert_hf.atomic import write_text  # noqa: E402
 from minibert_hf.cli import ArgumentParser, fail, run_cli  # noqa: E402
-from minibert_hf.errors import MiniBertInputError  # noqa: E402
-
-
-EVAL_KEYS = ("step", "epoch", "eval_mlm_accuracy", "eval_nsp_accuracy", "eval_mlm_loss", "eval_perplexity")
-
-
-def read_evals(folder: Path) -> list[dict]:
-    """The eval records of one run, in step order."""
-    path = folder / "metrics.jsonl"
-    if not path.is_file():
-        raise MiniBertInputError("no metrics.jsonl here; expected a pretrain.py --output-dir", file=folder)
-    evals = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise MiniBertInputError("not a JSON object", file=path, row=number) from None
-        if not isinstance(record, dict):
-            raise MiniBertInputError("not a JSON object", file=path, row=number)
-        if "eval_loss" in record:
-            missing = [key for key in EVAL_KEYS if not isinstance(record.get(key), (int, float))]
-            if missing:
-                raise MiniBertInputError(f"eval record without a number for {', '.join(missing)}", file=path,
-                                         row=number)
-            evals.append(record)
-    if not evals:
-        raise MiniBertInputError("no eval records (was the run evaluated?)", file=path)
-    return sorted(evals, key=lambda record: record["step"])
+from minibert_hf.metrics_log import eval_records, save_figure  # noqa: E402
 
 
 def markdown_table(runs: list[tuple[str, list[dict]]]) -> str:
@@ -79,11 +50,7 @@ def plot(runs: list[tuple[str, list[dict]]], png: Path) -> None:
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    png.parent.mkdir(parents=True, exist_ok=True)
-    tmp = png.with_name(f".{png.name}.tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, png)
+    save_figure(fig, png)
 
 
 def main(argv=None) -> int:
@@ -96,12 +63,11 @@ def main(argv=None) -> int:
     labels = args.labels or [folder.name for folder in args.runs]
     if len(labels) != len(args.runs):
         fail(f"--labels: {len(labels)} names for {len(args.runs)} runs")
-    runs = [(label, read_evals(folder)) for label, folder in zip(labels, args.runs)]
+    runs = [(label, eval_records(folder)) for label, folder in zip(labels, args.runs)]
     table = markdown_table(runs)
     print(table, end="")
     if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(table, encoding="utf-8")
+        write_text(args.markdown, table)
     if args.png:
         plot(runs, args.png)
     return 0

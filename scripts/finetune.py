@@ -19,12 +19,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from minibert_hf.cli import fail, run_cli  # noqa: E402
+from minibert_hf.cli import ArgumentParser, fail, run_cli  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = ArgumentParser(prog="finetune.py", description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--model", required=True, help="pretrained model folder or Hub repo id")
     parser.add_argument("--dataset", default="rotten_tomatoes", help="'rotten_tomatoes' (default) or a CSV file "
                         "with text,label columns (optional split=train/test or group columns)")
@@ -49,24 +49,22 @@ def main(argv=None) -> int:
                         help="CPU threads for torch (default: torch's choice; 1 is faster on a busy machine)")
     args = parser.parse_args(argv)
 
-    for name in ("epochs", "batch_size", "learning_rate", "max_length"):
-        if getattr(args, name) <= 0:
-            fail(f"--{name.replace('_', '-')} must be more than 0, got {getattr(args, name)}")
-    if args.max_steps is not None and args.max_steps < 1:
-        fail(f"--max-steps must be at least 1, got {args.max_steps}")
-    if not 0 < args.test_fraction < 1:
-        fail(f"--test-fraction must be between 0 and 1, got {args.test_fraction}")
-    if not (args.dropout == -1 or 0 <= args.dropout < 1):
-        fail(f"--dropout must be in [0, 1) or -1, got {args.dropout}")
     if args.threads is not None and args.threads < 1:
         fail(f"--threads must be at least 1, got {args.threads}")
+
+    from minibert_hf.finetuning import check_options
+
+    dropout = None if args.dropout == -1 else args.dropout  # -1: keep the model's own
+    check_options(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
+                  learning_rate=args.learning_rate, max_length=args.max_length, dropout=dropout,
+                  test_fraction=args.test_fraction)  # before any data is fetched
 
     from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as hf_logging
 
+    from minibert_hf.errors import HubError
     from minibert_hf.finetuning import finetune, load_csv_dataset, load_rotten_tomatoes
-    from minibert_hf.hub import HubError
-    from minibert_hf.inference import check_model_folder
+    from minibert_hf.model_folder import check_model_folder
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
@@ -91,7 +89,7 @@ def main(argv=None) -> int:
         result = finetune(
             args.model, data, from_scratch=args.from_scratch, epochs=args.epochs, max_steps=args.max_steps,
             batch_size=args.batch_size, learning_rate=args.learning_rate, max_length=args.max_length,
-            dropout=None if args.dropout == -1 else args.dropout, seed=args.seed, device=args.device,
+            dropout=dropout, seed=args.seed, device=args.device,
             output_dir=output_dir,
             log=lambda line: print(line, flush=True),
         )
@@ -100,11 +98,9 @@ def main(argv=None) -> int:
 
     summary = result.to_dict()
     if args.results_json:
-        from minibert_hf.hub import _atomic_write_text
-        from pathlib import Path
+        from minibert_hf.atomic import write_text
 
-        Path(args.results_json).parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_text(Path(args.results_json), json.dumps(summary, indent=2) + "\n")
+        write_text(args.results_json, json.dumps(summary, indent=2) + "\n")
     kind = "from scratch (random init)" if args.from_scratch else "pretrained"
     print(f"{kind}: accuracy {result.accuracy:.4f}  macro-F1 {result.macro_f1:.4f}  "
           f"(majority class {result.majority_baseline:.4f}; {result.num_test} held-out examples, "

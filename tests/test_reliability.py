@@ -114,7 +114,8 @@ def data(tmp_path_factory) -> Path:
     """Fixture prose -> train.csv/test.csv/tokenizer (vocab 300, rows of 32), train64.csv, and bad variants."""
     import torch
 
-    from minibert_hf.pretraining_data import load_pretraining_csv, prepare_pretraining_data, write_pretraining_csv
+    from minibert_hf.pretraining_csv import load_pretraining_csv, write_pretraining_csv
+    from minibert_hf.pretraining_data import prepare_pretraining_data
     from minibert_hf.tokenizer import train_tokenizer
 
     torch.set_num_threads(1)
@@ -185,7 +186,7 @@ def model_folders(data, tmp_path_factory) -> dict:
 
     from minibert_hf import MiniBertConfig, MiniBertForPreTraining
     from minibert_hf.tokenizer import load_tokenizer
-    from minibert_hf.training import save_model_folder
+    from minibert_hf.model_folder import save_model_folder
 
     tmp = tmp_path_factory.mktemp("model-folders")
     tokenizer = load_tokenizer(data / "tokenizer")
@@ -359,7 +360,7 @@ def test_pretrain_init_from_a_smaller_vocabulary_is_one_line(data, tmp_path, cap
     """--init-from a model whose vocabulary is smaller than the CSV ids / the tokenizer."""
     from minibert_hf import MiniBertConfig, MiniBertForPreTraining
     from minibert_hf.tokenizer import load_tokenizer
-    from minibert_hf.training import save_model_folder
+    from minibert_hf.model_folder import save_model_folder
 
     small = load_tokenizer(data / "bad" / "small_tokenizer")
     folder = save_model_folder(MiniBertForPreTraining(MiniBertConfig.from_preset("tiny", vocab_size=len(small))),
@@ -560,17 +561,18 @@ def test_resume_loads_checkpoint_state_with_weights_only(data, procs, tmp_path, 
     import torch
     from safetensors.torch import load_file
 
-    from minibert_hf.training import TrainingArguments, train
+    from minibert_hf.arguments import PretrainingArguments
+    from minibert_hf.training import train
 
     token_run(procs)
     run = tmp_path / "run"
     shutil.copytree(procs.outputs["token run"], run)
     shutil.rmtree(run / "checkpoints" / f"step-{RUN_STEPS}")  # resume from step 2
     shutil.rmtree(run / "final")
-    args = TrainingArguments(train_file=[str(data / "train64.csv")], test_file=[str(data / "test.csv")],
+    args = PretrainingArguments(train_file=[str(data / "train64.csv")], test_file=[str(data / "test.csv")],
                              tokenizer=str(data / "tokenizer"), preset="tiny", output_dir=str(run), batch_size=16,
                              max_steps=RUN_STEPS, logging_steps=1, checkpointing_steps=2,
-                             resume_from_checkpoint="latest", show_progress=False)
+                             resume_from_checkpoint="latest", progress=False)
     assert train(args)["step"] == RUN_STEPS
     assert torch_load_flags and all(flag is True for flag in torch_load_flags), torch_load_flags
     checkpoint = run / "checkpoints" / "step-2"
@@ -581,13 +583,13 @@ def test_resume_loads_checkpoint_state_with_weights_only(data, procs, tmp_path, 
         assert torch.allclose(tensor, resumed[name], atol=1e-5, rtol=0), name
 
 
-def resume_args(data, run, **overrides) -> "TrainingArguments":
-    from minibert_hf.training import TrainingArguments
+def resume_args(data, run, **overrides) -> "PretrainingArguments":
+    from minibert_hf.arguments import PretrainingArguments
 
-    return TrainingArguments(**{**dict(train_file=[str(data / "train64.csv")], test_file=[str(data / "test.csv")],
+    return PretrainingArguments(**{**dict(train_file=[str(data / "train64.csv")], test_file=[str(data / "test.csv")],
                                        tokenizer=str(data / "tokenizer"), preset="tiny", output_dir=str(run),
                                        batch_size=16, max_steps=RUN_STEPS, logging_steps=1, checkpointing_steps=2,
-                                       resume_from_checkpoint="latest", show_progress=False), **overrides})
+                                       resume_from_checkpoint="latest", progress=False), **overrides})
 
 
 def test_killed_while_writing_final_then_resume_latest(data, procs, tmp_path, fresh_accelerate_state):

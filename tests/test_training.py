@@ -19,10 +19,14 @@ import torch
 from safetensors.torch import load_file
 
 from isolation import BLOCK_MINIBERT_HF
-from minibert_hf import training
+from minibert_hf import model_folder, pretraining_data, training
 from minibert_hf.errors import MiniBertInputError, UserError
-from minibert_hf.pretraining_data import load_pretraining_csv, prepare_pretraining_data, write_pretraining_csv
-from minibert_hf.training import TrainingArguments, TrainingDiverged, evaluate, list_checkpoints, train
+from minibert_hf.arguments import PretrainingArguments
+from minibert_hf.checkpoints import list_checkpoints
+from minibert_hf.errors import TrainingDiverged
+from minibert_hf.pretraining_csv import load_pretraining_csv, write_pretraining_csv
+from minibert_hf.pretraining_data import prepare_pretraining_data
+from minibert_hf.training import evaluate, train
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -83,8 +87,8 @@ def fresh_accelerate_state():
 def args_for(data, out, **overrides):
     base = dict(train_file=[str(data / "train64.csv")], test_file=[str(data / "test.csv")],
                 tokenizer=str(data / "tokenizer"), preset="tiny", output_dir=str(out), batch_size=16,
-                logging_steps=1, show_progress=False, learning_rate=1e-3)
-    return TrainingArguments(**{**base, **overrides})
+                logging_steps=1, progress=False, learning_rate=1e-3)
+    return PretrainingArguments(**{**base, **overrides})
 
 
 def read_metrics(out):
@@ -174,7 +178,7 @@ def test_evaluate_matches_a_hand_computation(data):
     from torch.utils.data import DataLoader
 
     from minibert_hf import MiniBertConfig, MiniBertForPreTraining
-    from minibert_hf.pretraining_data import collate_batch
+    from minibert_hf.collator import collate_batch
 
     torch.manual_seed(0)
     model = MiniBertForPreTraining(MiniBertConfig.from_preset("tiny", vocab_size=300)).eval()
@@ -272,9 +276,9 @@ def test_two_processes_match_one_process_with_twice_the_accumulation(data, tmp_p
                            "--output-dir", str(two)], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = tmp_path / "one"
-    train(TrainingArguments(train_file=[str(data / "train64.csv")], test_file=[str(data / "test.csv")],
+    train(PretrainingArguments(train_file=[str(data / "train64.csv")], test_file=[str(data / "test.csv")],
                             tokenizer=str(data / "tokenizer"), preset="tiny", batch_size=8, max_steps=4,
-                            logging_steps=1, show_progress=False, seed=3, gradient_accumulation_steps=2,
+                            logging_steps=1, progress=False, seed=3, gradient_accumulation_steps=2,
                             output_dir=str(one)))
 
     runs = {name: read_metrics(out) for name, out in (("two", two), ("one", one))}
@@ -357,7 +361,8 @@ def test_save_model_folder_replaces_atomically(tmp_path, monkeypatch):
 
     model = MiniBertForPreTraining(MiniBertConfig.from_preset("tiny", vocab_size=60))
     tokenizer = train_tokenizer(["the river crosses the town near the old mill"] * 5, vocab_size=60)
-    folder = training.save_model_folder(model, tokenizer, tmp_path / "final", metrics={"mlm_accuracy": 0.5})
+    folder = model_folder.save_model_folder(model, tokenizer, tmp_path / "final",
+                                            card={"metrics": {"mlm_accuracy": 0.5}})
     before = (folder / "model.safetensors").read_bytes()
 
     def broken(*args, **kwargs):
@@ -365,7 +370,7 @@ def test_save_model_folder_replaces_atomically(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tokenizer, "save_pretrained", broken)
     with pytest.raises(OSError):
-        training.save_model_folder(model, tokenizer, folder)
+        model_folder.save_model_folder(model, tokenizer, folder)
     assert (folder / "model.safetensors").read_bytes() == before  # the old folder is intact
     assert no_temporary_names(tmp_path) == []
 
@@ -407,27 +412,26 @@ def test_config_overrides_change_the_preset_and_reach_the_saved_config(data, tmp
 def test_no_data_prepares_the_default_corpus_once_per_preparation_code(data, tmp_path, monkeypatch):
     """Without --train-file the default corpus is prepared into the cache, under a name that carries a fingerprint
     of the preparation code: the same code reuses it, other code (e.g. after a git pull) prepares its own."""
-    from minibert_hf import pretraining_data
-
     cache = tmp_path / "cache"
     monkeypatch.setenv("MINIBERT_CACHE", str(cache))
     calls = []
 
-    def fake_prepare(folder, vocab_size, max_seq_length):  # the fixture data stands in for the downloaded corpus
-        calls.append((vocab_size, max_seq_length))
+    def fake_prepare(folder, options):  # the fixture data stands in for the downloaded corpus
+        calls.append((options.vocab_size, options.max_seq_length))
+        shutil.rmtree(folder)
         shutil.copytree(data, folder)
 
     monkeypatch.setattr(pretraining_data, "prepare_pretraining_data", fake_prepare)
     result = train(args_for(data, tmp_path / "run", train_file=None, test_file=None, tokenizer=None, max_steps=2))
-    fingerprint = training.preparation_fingerprint()
+    fingerprint = pretraining_data.preparation_fingerprint()
     assert len(fingerprint) == 10 and result["step"] == 2 and calls == [(8192, 128)]
     assert [p.name for p in cache.iterdir()] == [f"pretraining-default-vocab8192-len128-{fingerprint}"]
 
-    args = args_for(data, tmp_path / "run")
-    assert training.prepare_default_data(args).name.endswith(fingerprint) and len(calls) == 1  # reused
+    prepare = pretraining_data.prepare_default_data
+    assert prepare(vocab_size=8192, max_seq_length=128).name.endswith(fingerprint) and len(calls) == 1  # reused
 
-    monkeypatch.setattr(training, "preparation_fingerprint", lambda: "0123456789")  # other preparation code
-    assert training.prepare_default_data(args).name == "pretraining-default-vocab8192-len128-0123456789"
+    monkeypatch.setattr(pretraining_data, "preparation_fingerprint", lambda: "0123456789")  # other preparation code
+    assert prepare(vocab_size=8192, max_seq_length=128).name == "pretraining-default-vocab8192-len128-0123456789"
     assert len(calls) == 2 and len(list(cache.iterdir())) == 2  # the other version's folder is left alone
 
 

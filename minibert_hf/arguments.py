@@ -1,0 +1,167 @@
+"""Every option of pretraining in one list: :class:`PretrainingArguments`.
+
+``scripts/pretrain.py`` builds its command line from these fields (``transformers.HfArgumentParser``: each field is
+a flag, ``--learning-rate`` or ``--learning_rate``, its help text from the field's metadata), and Python callers
+make one directly. :meth:`PretrainingArguments.check` is the one place options are checked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+
+from .errors import MiniBertInputError, UserError
+
+MASKING = ("static", "dynamic")
+MIXED_PRECISION = ("no", "bf16", "fp16")
+REPORT_TO = ("none", "tensorboard")
+
+
+def option(default, help: str, **kwargs):
+    """A dataclass field with its command-line help text."""
+    return dataclasses.field(default=default, metadata={"help": help}, **kwargs)
+
+
+@dataclasses.dataclass
+class PretrainingArguments:
+    """The options of ``scripts/pretrain.py`` and :func:`minibert_hf.training.train`."""
+
+    # data (none given: the default corpus, prepared once into $MINIBERT_CACHE)
+    train_file: list[str] | None = option(None, "pretraining CSV(s) from prepare_data.py or the course lab "
+                                                "(none: the default corpus)")
+    test_file: list[str] | None = option(None, "held-out CSV(s) (default: test.csv next to the train file)")
+    tokenizer: str | None = option(None, "tokenizer folder (default: tokenizer/ next to the train file)")
+    masking: str = option("dynamic", "static: the CSV's masks as written (the course lab); dynamic: fresh 80/10/10 "
+                                     "masks every time a row is served (RoBERTa)")
+    mlm_probability: float = option(0.15, "share of tokens that are MLM targets, for dynamic masking")
+    vocab_size: int = option(8192, "vocabulary of the default corpus's tokenizer (default corpus only)")
+    max_seq_length: int = option(128, "row length of the default corpus (default corpus only)")
+    num_workers: int = option(0, "DataLoader worker processes")
+    # model
+    preset: str = option("mini", "model size: tiny, baby, mini or small")
+    config_overrides: str | None = option(None, 'change preset fields, e.g. "hidden_size=256,hidden_dropout_prob=0"')
+    init_from: str | None = option(None, "start from a saved model folder instead of a fresh preset")
+    # optimisation
+    epochs: int = option(1, "passes over the training data")
+    max_steps: int | None = option(None, "optimizer steps; overrides --epochs")
+    batch_size: int = option(32, "rows per micro-batch and process")
+    eval_batch_size: int | None = option(None, "default: 2 x --batch-size")
+    gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
+    learning_rate: float = option(1e-3, "AdamW peak learning rate")
+    weight_decay: float = option(0.01, "AdamW weight decay (not on biases and LayerNorm)")
+    warmup_ratio: float = option(0.1, "share of the steps with a linear warm-up, then linear decay to 0")
+    max_grad_norm: float = option(1.0, "gradient clipping norm; 0: no clipping")
+    mixed_precision: str | None = option(None, "no, bf16 or fp16 (default: accelerate's config)")
+    seed: int = option(42, "seed of weights, data order, dropout and dynamic masks")
+    # output
+    output_dir: str = option("outputs/minibert", "where epoch-N/, final/, checkpoints/ and metrics.jsonl go")
+    overwrite_output_dir: bool = option(False, "start afresh in a folder that holds a run")
+    logging_steps: int = option(50, "write training loss to metrics.jsonl every N steps")
+    eval_steps: int = option(0, "evaluate every N steps; 0: after each epoch only")
+    checkpointing_steps: int = option(0, "save resumable state every N steps (and at the end); 0: none")
+    save_total_limit: int | None = option(2, "keep the newest K checkpoints")
+    resume_from_checkpoint: str | None = option(None, "'latest' or a checkpoints/step-N folder")
+    report_to: str = option("none", "none or tensorboard")
+    progress: bool = option(True, "show a progress bar (--no-progress: none)")
+    push_to_hub: bool = option(False, "upload final/ to the Hub at the end")
+    hub_model_id: str | None = option(None, "the Hub repository, e.g. your-name/minibert")
+    hub_private: bool = option(False, "create the Hub repository as private")
+
+    def model_config(self, **fields):
+        """The preset's config with --config-overrides applied, then `fields` (e.g. the tokenizer's vocab size)."""
+        from .configuration_minibert import MiniBertConfig
+
+        try:
+            return MiniBertConfig.from_preset(self.preset, **{**parse_config_overrides(self.config_overrides),
+                                                              **fields})
+        except ValueError as error:
+            raise UserError(f"--config-overrides: {error}") from None
+
+    def check(self):
+        """Raise a UserError (one line) for an option that cannot work, before anything is loaded or written."""
+        from .configuration_minibert import PRESETS
+
+        def need(ok, message):
+            if not ok:
+                raise UserError(message)
+
+        if self.init_from is None:
+            need(self.preset in PRESETS, f"unknown preset {self.preset!r}; choose one of: {', '.join(PRESETS)}")
+            self.model_config()  # a bad --config-overrides fails here, before any data is read
+        else:
+            need(not self.config_overrides, "--config-overrides applies to a fresh preset, not to --init-from")
+        for name in ("epochs", "batch_size", "gradient_accumulation_steps"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and value >= 1, f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        for name in ("logging_steps", "eval_steps", "checkpointing_steps", "num_workers"):
+            value = getattr(self, name)
+            need(isinstance(value, int) and value >= 0, f"--{name.replace('_', '-')} must be 0 or more, got {value}")
+        for name in ("max_steps", "eval_batch_size", "save_total_limit"):
+            value = getattr(self, name)
+            need(value is None or value >= 1, f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        need(math.isfinite(self.learning_rate) and self.learning_rate > 0,
+             f"--learning-rate must be positive, got {self.learning_rate}")
+        need(self.weight_decay >= 0, f"--weight-decay must be 0 or more, got {self.weight_decay}")
+        need(0 <= self.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
+        need(self.max_grad_norm >= 0, f"--max-grad-norm must be 0 or more, got {self.max_grad_norm}")
+        need(0 < self.mlm_probability < 1, f"--mlm-probability must be in (0, 1), got {self.mlm_probability}")
+        need(self.masking in MASKING, f"--masking must be static or dynamic, got {self.masking!r}")
+        need(self.mixed_precision in (None, *MIXED_PRECISION),
+             f"--mixed-precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
+        need(self.report_to in REPORT_TO, f"--report-to must be none or tensorboard, got {self.report_to!r}")
+        need(not self.push_to_hub or self.hub_model_id, "--push-to-hub needs --hub-model-id")
+        for path in [*(self.train_file or []), *(self.test_file or [])]:
+            if not os.path.exists(path):
+                raise MiniBertInputError("file does not exist", file=path)
+            if os.path.isdir(path):
+                raise MiniBertInputError("is a directory, expected a CSV file", file=path)
+        if self.tokenizer is not None and not os.path.isdir(self.tokenizer):
+            raise MiniBertInputError("folder does not exist" if not os.path.exists(self.tokenizer) else
+                                     "not a folder", file=self.tokenizer)
+        if self.init_from is not None:
+            from .model_folder import check_model_folder
+
+            check_model_folder(self.init_from)  # a MiniBERT save_pretrained folder with safetensors weights
+
+    def card_fields(self) -> dict:
+        """The options that describe how a model was trained (for its model card and trackers): no paths."""
+        keep = ("preset", "config_overrides", "init_from", "epochs", "max_steps", "batch_size",
+                "gradient_accumulation_steps", "learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm",
+                "masking", "mlm_probability", "mixed_precision", "seed")
+        fields = {k: getattr(self, k) for k in keep if getattr(self, k) is not None}
+        if "init_from" in fields:
+            from .corpus import shown_name
+
+            fields["init_from"] = shown_name(fields["init_from"])
+        return fields
+
+
+def parse_config_overrides(text: str | None) -> dict:
+    """"hidden_size=256,hidden_dropout_prob=0" -> {"hidden_size": 256, "hidden_dropout_prob": 0.0}.
+
+    Each value takes the type of the field's default (int, float, bool or str); an unknown field is an error.
+    """
+    from .configuration_minibert import MiniBertConfig
+
+    defaults = MiniBertConfig().to_dict()
+    overrides = {}
+    for item in filter(None, (part.strip() for part in (text or "").split(","))):
+        key, sep, value = (part.strip() for part in item.partition("="))
+        if not sep or not key or not value:
+            raise ValueError(f"expected key=value, got {item!r}")
+        if key not in defaults or key in ("auto_map", "architectures", "model_type", "transformers_version"):
+            raise ValueError(f"unknown config field {key!r}")
+        kind = float if defaults[key] is None else type(defaults[key])  # classifier_dropout: None or a float
+        try:
+            if kind is bool:
+                if value.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError
+                overrides[key] = value.lower() in ("true", "1")
+            elif kind in (int, float):
+                overrides[key] = kind(value)
+            else:
+                overrides[key] = value
+        except ValueError:
+            raise ValueError(f"{key} must be {kind.__name__}, got {value!r}") from None
+    return overrides

@@ -1,0 +1,83 @@
+"""Batching: rows -> padded batch-first tensors (:func:`collate_batch`), and the one dynamic masker training runs.
+
+:class:`DynamicMasker` draws fresh MLM masks for a collated batch (RoBERTa-style dynamic masking on top of the CSV's
+rows). The training loop calls it on each micro-batch after seeding torch's generator from the micro-batch's
+position in the data, so a resumed run and a run on more processes draw the same masks.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .tokenizer import MASK_ID, NUM_SPECIAL, PAD_ID
+
+
+def collate_batch(examples: Sequence[dict], pad_to_multiple_of: int | None = None) -> dict:
+    """Pad a list of rows to the longest (optionally rounded up to a multiple) into batch-first long tensors:
+    ``input_ids`` (pad 0), ``token_type_ids`` (pad 0), ``attention_mask`` (1 = real token), ``labels`` (pad -100,
+    so padding is never a target) and ``next_sentence_label`` when the rows have it."""
+    if not examples:
+        raise ValueError("collate_batch needs at least one example")
+    rows = [np.asarray(e["input_ids"], dtype=np.int64) for e in examples]
+    lengths = [len(r) for r in rows]
+    width = max(lengths)
+    if pad_to_multiple_of:
+        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    size = (len(rows), width)
+    input_ids = np.full(size, PAD_ID, dtype=np.int64)
+    token_type_ids = np.zeros(size, dtype=np.int64)
+    attention_mask = np.zeros(size, dtype=np.int64)
+    labels = np.full(size, -100, dtype=np.int64)
+    has_types = "token_type_ids" in examples[0]
+    has_labels = "labels" in examples[0]
+    for i, (example, row, n) in enumerate(zip(examples, rows, lengths)):
+        input_ids[i, :n] = row
+        attention_mask[i, :n] = 1
+        if has_types:
+            token_type_ids[i, :n] = example["token_type_ids"]
+        if has_labels:
+            labels[i, :n] = example["labels"]
+    batch = {
+        "input_ids": torch.from_numpy(input_ids),
+        "token_type_ids": torch.from_numpy(token_type_ids),
+        "attention_mask": torch.from_numpy(attention_mask),
+        "labels": torch.from_numpy(labels),
+    }
+    if "next_sentence_label" in examples[0]:
+        batch["next_sentence_label"] = torch.tensor([int(e["next_sentence_label"]) for e in examples],
+                                                    dtype=torch.long)
+    return batch
+
+
+class DynamicMasker:
+    """Fresh MLM targets for a collated batch: restore the original tokens, then draw new targets.
+
+    Each non-special real token is a target with probability ``mlm_probability`` (at least one per row that has a
+    candidate), replaced by ``[MASK]`` 80% of the time, by a random non-special token 10%, left unchanged 10%.
+    Random numbers come from ``generator`` (default: torch's global generator, which the training loop seeds per
+    micro-batch). ``mlm_probability`` may be changed between calls (a masking-rate schedule).
+    """
+
+    def __init__(self, vocab_size: int, mlm_probability: float = 0.15):
+        if not 0.0 < mlm_probability < 1.0:
+            raise ValueError(f"mlm_probability must be between 0 and 1, got {mlm_probability}")
+        self.vocab_size, self.mlm_probability = int(vocab_size), float(mlm_probability)
+
+    def __call__(self, batch: dict, generator: torch.Generator | None = None) -> dict:
+        input_ids, labels = batch["input_ids"].cpu(), batch["labels"].cpu()
+        original = torch.where(labels != -100, labels, input_ids)
+        candidates = (original >= NUM_SPECIAL) & (batch["attention_mask"].cpu() == 1)
+        scores = torch.rand(original.shape, generator=generator).masked_fill(~candidates, 2.0)
+        targets = scores < self.mlm_probability
+        first = scores.argmin(dim=1, keepdim=True)  # each row's best candidate is a target if it has none
+        targets.scatter_(1, first, targets.gather(1, first) | candidates.gather(1, first))
+        choice = torch.rand(original.shape, generator=generator)
+        random_ids = torch.randint(NUM_SPECIAL, self.vocab_size, original.shape, generator=generator)
+        masked = torch.where(targets & (choice < 0.8), torch.full_like(original, MASK_ID), original)
+        masked = torch.where(targets & (choice >= 0.8) & (choice < 0.9), random_ids, masked)
+        device = batch["input_ids"].device
+        return {**batch, "input_ids": masked.to(device),
+                "labels": torch.where(targets, original, torch.full_like(original, -100)).to(device)}
