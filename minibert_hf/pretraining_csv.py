@@ -369,5 +369,5 @@ def longest_row(dataset) -> int:
     """The length of the longest ``input_ids`` row, from the Arrow list lengths (no Python copy of the column)."""
     import pyarrow.compute as pc
 
-    lengths = pc.list_value_length(dataset.data.column("input_ids"))
-    return int(pc.max(lengths).as_py() or 0)
+    column = dataset.with_format("arrow")["input_ids"]  # the rows of this dataset (a selection: only those)
+    return int(pc.max(pc.list_value_length(column)).as_py() or 0)
