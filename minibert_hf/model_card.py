@@ -31,6 +31,7 @@ _METRIC_LABELS = (
     ("mlm_accuracy", "MLM accuracy"),
     ("nsp_accuracy", "NSP accuracy"),
     ("perplexity", "Perplexity (MLM)"),
+    ("mlm_accuracy_at_mask", "MLM accuracy at [MASK] positions"),
     ("mlm_loss", "MLM loss"),
     ("nsp_loss", "NSP loss"),
     ("loss", "Total loss (MLM + NSP)"),

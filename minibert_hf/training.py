@@ -37,9 +37,10 @@ from .checkpoints import check_output_dir, clear_previous_run, resume, save_chec
 from .collator import DynamicMasker, collate_batch
 from .errors import MiniBertInputError, TrainingDiverged, UserError
 from .metrics_log import MetricsLog, write_loss_curve
+from .tokenizer import MASK_ID
 
 MAX_NONFINITE_IN_A_ROW = 5
-METRIC_KEYS = ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "nsp_accuracy", "perplexity")
+METRIC_KEYS = ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "mlm_accuracy_at_mask", "nsp_accuracy", "perplexity")
 
 
 # ----------------------------------------------------------------------------------------------------- the loop
@@ -160,41 +161,46 @@ def evaluate(model, dataloader, accelerator) -> dict:
     """Loss, MLM/NSP loss and accuracy, and MLM perplexity over a whole (prepared) dataloader.
 
     MLM numbers average over target tokens, NSP numbers over examples; `loss` = mlm_loss + nsp_loss, the training
-    objective. Per-example sums are gathered with `gather_for_metrics`, which drops the samples repeated to even
-    out the last batch across processes, so the result is the same with any number of processes.
+    objective. `mlm_accuracy_at_mask` counts only the targets whose input is [MASK] (80% of them): the positions a
+    user fills, where copying the input cannot help. Per-example sums are gathered with `gather_for_metrics`, which
+    drops the samples repeated to even out the last batch across processes, so the result is the same with any
+    number of processes.
     """
     was_training = model.training
     model.eval()
-    totals = torch.zeros(5, dtype=torch.float64)  # mlm loss sum, targets, correct targets, nsp loss sum, nsp correct
+    # per example: mlm loss sum, targets, correct targets, [MASK] targets, correct [MASK] targets, nsp loss, nsp correct
+    totals = torch.zeros(7, dtype=torch.float64)
     examples = 0
     for batch in dataloader:
         outputs = model(**batch)
         labels = batch["labels"]
         targets = labels != -100
         target_ids = labels[targets]
+        at_mask = (batch["input_ids"][targets] == MASK_ID).float()
         row_of_target = targets.nonzero()[:, 0]  # prediction_logits is sparse: one row per target, row-major
         logits = outputs.prediction_logits.float()
-        rows = labels.shape[0]
-        mlm_loss = torch.zeros(rows, device=labels.device).index_add_(
-            0, row_of_target, F.cross_entropy(logits, target_ids, reduction="none"))
-        mlm_correct = torch.zeros(rows, device=labels.device).index_add_(
-            0, row_of_target, (logits.argmax(-1) == target_ids).float())
+        correct = (logits.argmax(-1) == target_ids).float()
+
+        def per_row(values):  # (num_targets,) -> (batch,): summed over each row's targets
+            return torch.zeros(labels.shape[0], device=labels.device).index_add_(0, row_of_target, values)
+
         nsp_logits = outputs.seq_relationship_logits.float()
         nsp_label = batch["next_sentence_label"].view(-1)
         per_example = torch.stack([
-            mlm_loss, targets.sum(1).float(), mlm_correct,
+            per_row(F.cross_entropy(logits, target_ids, reduction="none")), targets.sum(1).float(), per_row(correct),
+            per_row(at_mask), per_row(correct * at_mask),
             F.cross_entropy(nsp_logits, nsp_label, reduction="none"), (nsp_logits.argmax(-1) == nsp_label).float(),
         ], dim=1)
         per_example = accelerator.gather_for_metrics(per_example)
         totals += per_example.double().sum(0).cpu()
         examples += per_example.shape[0]
     model.train(was_training)
-    mlm_loss_sum, num_targets, mlm_correct, nsp_loss_sum, nsp_correct = totals.tolist()
+    mlm_loss_sum, num_targets, mlm_correct, num_masked, masked_correct, nsp_loss_sum, nsp_correct = totals.tolist()
     num_targets, examples = max(num_targets, 1), max(examples, 1)
     mlm_loss, nsp_loss = mlm_loss_sum / num_targets, nsp_loss_sum / examples
     return {"loss": mlm_loss + nsp_loss, "mlm_loss": mlm_loss, "nsp_loss": nsp_loss,
-            "mlm_accuracy": mlm_correct / num_targets, "nsp_accuracy": nsp_correct / examples,
-            "perplexity": math.exp(min(mlm_loss, 50.0))}
+            "mlm_accuracy": mlm_correct / num_targets, "mlm_accuracy_at_mask": masked_correct / max(num_masked, 1),
+            "nsp_accuracy": nsp_correct / examples, "perplexity": math.exp(min(mlm_loss, 50.0))}
 
 
 def evaluate_and_log(model, eval_dl, accelerator, log, step) -> dict:

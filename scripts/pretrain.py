@@ -60,7 +60,8 @@ def show_result(result: dict) -> None:
 
     print(f"\nfinal model: {result['final']}  (after {result['step']} steps)")
     print("held-out: " + ", ".join(f"{key} {result[key]:.4f}" for key in
-                                   ("mlm_accuracy", "nsp_accuracy", "perplexity", "loss", "mlm_loss", "nsp_loss")))
+                                   ("mlm_accuracy", "mlm_accuracy_at_mask", "nsp_accuracy", "perplexity", "loss",
+                                    "mlm_loss", "nsp_loss")))
     model = MiniBertForPreTraining.from_pretrained(result["final"]).eval()
     tokenizer = load_tokenizer(result["final"])
     try:

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -20,12 +21,12 @@ from safetensors.torch import load_file
 
 from isolation import BLOCK_MINIBERT_HF
 from minibert_hf import model_folder, pretraining_data, training
-from minibert_hf.errors import MiniBertInputError, UserError
 from minibert_hf.arguments import PretrainingArguments
 from minibert_hf.checkpoints import list_checkpoints
-from minibert_hf.errors import TrainingDiverged
+from minibert_hf.errors import MiniBertInputError, TrainingDiverged, UserError
 from minibert_hf.pretraining_csv import load_pretraining_csv, write_pretraining_csv
 from minibert_hf.pretraining_data import prepare_pretraining_data
+from minibert_hf.tokenizer import MASK_ID
 from minibert_hf.training import evaluate, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -183,11 +184,15 @@ def test_evaluate_matches_a_hand_computation(data):
     torch.manual_seed(0)
     model = MiniBertForPreTraining(MiniBertConfig.from_preset("tiny", vocab_size=300)).eval()
     rows = load_pretraining_csv(data / "test.csv").select(range(5))
+    # Make the most common target the model's favourite word, so accuracy is neither 0 nor 1 (and differs at [MASK]).
+    favourite = Counter(label for row in rows for label in row["labels"] if label != -100).most_common(1)[0][0]
+    with torch.no_grad():
+        model.lm_head.decoder.bias[favourite] += 50.0
     accelerator = Accelerator(cpu=True)
     loader = accelerator.prepare(DataLoader(rows, batch_size=2, collate_fn=collate_batch))  # 2 + 2 + 1 rows
     got = evaluate(model, loader, accelerator)
 
-    mlm_losses, mlm_hits, nsp_losses, nsp_hits = [], [], [], []
+    mlm_losses, mlm_hits, mask_hits, nsp_losses, nsp_hits = [], [], [], [], []
     with torch.no_grad():
         for row in rows:  # one row at a time, full (non-sparse) logits, plain loops
             out = model(input_ids=torch.tensor([row["input_ids"]]),
@@ -197,14 +202,17 @@ def test_evaluate_matches_a_hand_computation(data):
                     log_probs = torch.log_softmax(out.prediction_logits[0, position], -1)
                     mlm_losses.append(-log_probs[label].item())
                     mlm_hits.append(int(out.prediction_logits[0, position].argmax()) == label)
+                    if row["input_ids"][position] == MASK_ID:
+                        mask_hits.append(mlm_hits[-1])
             log_probs = torch.log_softmax(out.seq_relationship_logits[0], -1)
             nsp_losses.append(-log_probs[row["next_sentence_label"]].item())
             nsp_hits.append(int(out.seq_relationship_logits[0].argmax()) == row["next_sentence_label"])
     mlm_loss = sum(mlm_losses) / len(mlm_losses)
     expected = {"mlm_loss": mlm_loss, "nsp_loss": sum(nsp_losses) / 5, "loss": mlm_loss + sum(nsp_losses) / 5,
-                "mlm_accuracy": sum(mlm_hits) / len(mlm_hits), "nsp_accuracy": sum(nsp_hits) / 5,
-                "perplexity": float(torch.tensor(mlm_loss).exp())}
-    assert len(mlm_losses) > 5
+                "mlm_accuracy": sum(mlm_hits) / len(mlm_hits), "mlm_accuracy_at_mask": sum(mask_hits) / len(mask_hits),
+                "nsp_accuracy": sum(nsp_hits) / 5, "perplexity": float(torch.tensor(mlm_loss).exp())}
+    assert len(mlm_losses) > 5 and 0 < expected["mlm_accuracy"] < 1 and len(mask_hits) < len(mlm_hits)
+    assert expected["mlm_accuracy_at_mask"] != expected["mlm_accuracy"]
     for key, value in expected.items():
         assert got[key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
 
