@@ -35,6 +35,8 @@ class PretrainingArguments:
     masking: str = option("dynamic", "static: the CSV's masks as written (the course lab); dynamic: fresh 80/10/10 "
                                      "masks every time a row is served (RoBERTa)")
     mlm_probability: float = option(0.15, "share of tokens that are MLM targets, for dynamic masking")
+    mlm_probability_end: float | None = option(None, "dynamic masking: the share falls linearly from "
+                                                     "--mlm-probability at the first step to this at the last")
     vocab_size: int = option(8192, "vocabulary of the default corpus's tokenizer (default corpus only)")
     max_seq_length: int = option(128, "row length of the default corpus (default corpus only)")
     num_workers: int = option(0, "DataLoader worker processes")
@@ -50,6 +52,8 @@ class PretrainingArguments:
     gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
     learning_rate: float = option(1e-3, "AdamW peak learning rate")
     weight_decay: float = option(0.01, "AdamW weight decay (not on biases and LayerNorm)")
+    adam_beta2: float = option(0.999, "AdamW's second-moment decay (0.98 adapts faster, as in RoBERTa)")
+    nsp_loss_weight: float = option(1.0, "training loss = MLM loss + this x NSP loss (eval loss: the plain sum)")
     warmup_ratio: float = option(0.1, "share of the steps with a linear warm-up, then linear decay to 0")
     max_grad_norm: float = option(1.0, "gradient clipping norm; 0: no clipping")
     mixed_precision: str | None = option(None, "no, bf16 or fp16 (default: accelerate's config)")
@@ -103,9 +107,15 @@ class PretrainingArguments:
         need(math.isfinite(self.learning_rate) and self.learning_rate > 0,
              f"--learning-rate must be positive, got {self.learning_rate}")
         need(self.weight_decay >= 0, f"--weight-decay must be 0 or more, got {self.weight_decay}")
+        need(0 < self.adam_beta2 < 1, f"--adam-beta2 must be in (0, 1), got {self.adam_beta2}")
+        need(self.nsp_loss_weight >= 0, f"--nsp-loss-weight must be 0 or more, got {self.nsp_loss_weight}")
         need(0 <= self.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}")
         need(self.max_grad_norm >= 0, f"--max-grad-norm must be 0 or more, got {self.max_grad_norm}")
         need(0 < self.mlm_probability < 1, f"--mlm-probability must be in (0, 1), got {self.mlm_probability}")
+        need(self.mlm_probability_end is None or 0 < self.mlm_probability_end < 1,
+             f"--mlm-probability-end must be in (0, 1), got {self.mlm_probability_end}")
+        need(self.mlm_probability_end is None or self.masking == "dynamic",
+             "--mlm-probability-end needs --masking dynamic")
         need(self.masking in MASKING, f"--masking must be static or dynamic, got {self.masking!r}")
         need(self.mixed_precision in (None, *MIXED_PRECISION),
              f"--mixed-precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
@@ -127,8 +137,9 @@ class PretrainingArguments:
     def card_fields(self) -> dict:
         """The options that describe how a model was trained (for its model card and trackers): no paths."""
         keep = ("preset", "config_overrides", "init_from", "epochs", "max_steps", "batch_size",
-                "gradient_accumulation_steps", "learning_rate", "weight_decay", "warmup_ratio", "max_grad_norm",
-                "masking", "mlm_probability", "mixed_precision", "seed")
+                "gradient_accumulation_steps", "learning_rate", "weight_decay", "adam_beta2", "warmup_ratio",
+                "max_grad_norm", "masking", "mlm_probability", "mlm_probability_end", "nsp_loss_weight",
+                "mixed_precision", "seed")
         fields = {k: getattr(self, k) for k in keep if getattr(self, k) is not None}
         if "init_from" in fields:
             from .corpus import shown_name

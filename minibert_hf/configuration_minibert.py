@@ -20,8 +20,11 @@ PRESETS = {
                   max_position_embeddings=512),
 }
 
-POSITION_EMBEDDING_TYPES = ("learned", "sinusoidal")
+# learned: a trained table added to the embeddings; sinusoidal: fixed vectors added likewise; rotary (RoPE): no
+# table, every layer rotates queries and keys by position (angles from rope_theta), so attention sees offsets.
+POSITION_EMBEDDING_TYPES = ("learned", "sinusoidal", "rotary")
 LAYER_NORM_POSITIONS = ("post", "pre")
+NSP_INPUTS = ("cls", "segments")
 
 # The code files travel with every checkpoint; this map tells the Auto classes where each class lives.
 AUTO_MAP = {
@@ -54,12 +57,15 @@ class MiniBertConfig(PretrainedConfig):
         max_position_embeddings=128,
         type_vocab_size=2,
         position_embedding_type="learned",
+        rope_theta=10000.0,
         layer_norm_eps=1e-12,
         layer_norm_position="post",
         initializer_range=0.02,
         pad_token_id=0,
         tie_word_embeddings=True,
         classifier_dropout=None,
+        use_pooler=False,
+        nsp_input="cls",
         **kwargs,
     ):
         # The course lab's argument names.
@@ -80,12 +86,17 @@ class MiniBertConfig(PretrainedConfig):
         self.max_position_embeddings = max_position_embeddings
         self.type_vocab_size = type_vocab_size
         self.position_embedding_type = position_embedding_type
+        self.rope_theta = rope_theta
         self.layer_norm_eps = layer_norm_eps
         self.layer_norm_position = layer_norm_position
         self.initializer_range = initializer_range
         self.pad_token_id = pad_token_id
         self.tie_word_embeddings = tie_word_embeddings
         self.classifier_dropout = classifier_dropout
+        self.use_pooler = use_pooler  # BERT's pooler (dense + tanh on [CLS]) under the NSP and classifier heads
+        # What the NSP head reads: "cls" (BERT: the pooled [CLS] vector) or "segments" (the mean vectors a, b of
+        # sentences A and B, compared as (a * b, |a - b|) through dense + tanh).
+        self.nsp_input = nsp_input
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
         super().__init__(**kwargs)
         self._check()
@@ -106,6 +117,13 @@ class MiniBertConfig(PretrainedConfig):
         if self.position_embedding_type not in POSITION_EMBEDDING_TYPES:
             raise ValueError(f"MiniBertConfig.position_embedding_type must be one of {POSITION_EMBEDDING_TYPES}, "
                              f"got {self.position_embedding_type!r}")
+        if isinstance(self.rope_theta, bool) or not isinstance(self.rope_theta, (int, float)) or self.rope_theta <= 1:
+            raise ValueError(f"MiniBertConfig.rope_theta must be a number above 1, got {self.rope_theta!r}")
+        if self.position_embedding_type == "rotary" and (self.hidden_size // self.num_attention_heads) % 2:
+            raise ValueError(f"MiniBertConfig: rotary positions need an even head size, got "
+                             f"{self.hidden_size // self.num_attention_heads}")
+        if self.nsp_input not in NSP_INPUTS:
+            raise ValueError(f"MiniBertConfig.nsp_input must be one of {NSP_INPUTS}, got {self.nsp_input!r}")
         if self.layer_norm_position not in LAYER_NORM_POSITIONS:
             raise ValueError(f"MiniBertConfig.layer_norm_position must be one of {LAYER_NORM_POSITIONS}, "
                              f"got {self.layer_norm_position!r}")

@@ -37,6 +37,23 @@ def sinusoidal_positions(position_ids, dim):
     return torch.stack((angles.sin(), angles.cos()), dim=-1).flatten(-2)  # interleave: sin, cos, sin, cos, ...
 
 
+def rotary_tables(position_ids, head_dim, theta):
+    """cos and sin of RoPE's angles, each (batch or 1, seq, 1, 1, head_dim / 2) for position_ids (batch or 1, seq).
+
+    Feature pair (i, i + head_dim / 2) turns by position * theta ** (-2i / head_dim). Computed once per forward and
+    shared by all layers; the trailing singleton axes broadcast over (query|key, heads) in `rotate`.
+    """
+    frequencies = theta ** (-torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim)
+    angles = position_ids.float()[..., None, None, None] * frequencies  # (batch or 1, seq, 1, 1, head_dim / 2)
+    return angles.cos(), angles.sin()
+
+
+def rotate(x, cos, sin):
+    """Apply RoPE to x (batch, seq, ..., head_dim): rotate each feature pair (i, i + head_dim / 2) by its angle."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
 class Unpadded(NamedTuple):
     """Where the real tokens of a padded (batch, seq) batch are, to work on them alone, packed as (tokens, features).
 
@@ -63,7 +80,8 @@ class Unpadded(NamedTuple):
 
 
 class MiniBertEmbeddings(nn.Module):
-    """Token + position + segment embeddings, then LayerNorm and dropout (each added once)."""
+    """Token + position + segment embeddings, then LayerNorm and dropout (each added once; no position vectors
+    with rotary positions)."""
 
     def __init__(self, config):
         super().__init__()
@@ -89,11 +107,12 @@ class MiniBertEmbeddings(nn.Module):
             input_ids = input_ids.reshape(-1)[index]
             position_ids = position_ids.expand(batch, seq_length).reshape(-1)[index]
             token_type_ids = token_type_ids.reshape(-1)[index]
+        embeddings = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
         if self.config.position_embedding_type == "learned":
-            positions = self.position_embeddings(position_ids)
-        else:
-            positions = sinusoidal_positions(position_ids, self.config.hidden_size)
-        embeddings = self.word_embeddings(input_ids) + positions + self.token_type_embeddings(token_type_ids)
+            embeddings = embeddings + self.position_embeddings(position_ids)
+        elif self.config.position_embedding_type == "sinusoidal":
+            embeddings = embeddings + sinusoidal_positions(position_ids, self.config.hidden_size)
+        # rotary: positions enter in the attention (rotary_tables), not here
         return self.dropout(self.LayerNorm(embeddings))  # (batch, seq, hidden)
 
 
@@ -107,18 +126,24 @@ class MiniBertSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.dropout_prob = config.attention_probs_dropout_prob
 
-    def forward(self, hidden_states, mask=None, output_attentions=False, unpadded=None):
+    def forward(self, hidden_states, mask=None, output_attentions=False, unpadded=None, rotary=None):
         """hidden_states (batch, seq, hidden); mask (batch, 1, 1, seq) bool, True = may be attended to.
 
         With ``unpadded`` (an :class:`Unpadded`) hidden_states holds only the real tokens, (tokens, hidden): they are
         projected as they are and put in place (zeros at padding) only for the attention itself.
+        ``rotary``: the (cos, sin) of `rotary_tables`, applied to queries and keys together.
         """
         qkv = self.qkv(hidden_states)
         if unpadded is not None:
             qkv = unpadded.pad(qkv)
         batch, seq, hidden = qkv.shape[0], qkv.shape[1], hidden_states.shape[-1]
         qkv = qkv.view(batch, seq, 3, self.num_heads, self.head_dim)
-        query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each (batch, heads, seq, head_dim)
+        if rotary is not None:
+            qk = rotate(qkv[:, :, :2], *rotary)  # (batch, seq, 2, heads, head_dim)
+            query, key = qk.permute(2, 0, 3, 1, 4)  # each (batch, heads, seq, head_dim)
+            value = qkv[:, :, 2].transpose(1, 2)
+        else:
+            query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each (batch, heads, seq, head_dim)
         dropout_prob = self.dropout_prob if self.training else 0.0
         if output_attentions:
             # The explicit computation, only when the attention weights themselves are asked for.
@@ -158,17 +183,28 @@ class MiniBertLayer(nn.Module):
     def feed_forward(self, hidden_states):
         return self.dropout(self.output(self.activation(self.intermediate(hidden_states))))
 
-    def forward(self, hidden_states, mask=None, output_attentions=False, unpadded=None):
+    def forward(self, hidden_states, mask=None, output_attentions=False, unpadded=None, rotary=None):
         if self.pre_norm:
             context, weights = self.attention(self.attention_LayerNorm(hidden_states), mask, output_attentions,
-                                              unpadded)
+                                              unpadded, rotary)
             hidden_states = hidden_states + self.dropout(self.attention_output(context))
             hidden_states = hidden_states + self.feed_forward(self.output_LayerNorm(hidden_states))
         else:
-            context, weights = self.attention(hidden_states, mask, output_attentions, unpadded)
+            context, weights = self.attention(hidden_states, mask, output_attentions, unpadded, rotary)
             hidden_states = self.attention_LayerNorm(hidden_states + self.dropout(self.attention_output(context)))
             hidden_states = self.output_LayerNorm(hidden_states + self.feed_forward(hidden_states))
         return hidden_states, weights
+
+
+class MiniBertPooler(nn.Module):
+    """BERT's pooler: dense + tanh on the [CLS] vector, (batch, seq, hidden) -> (batch, hidden)."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden_states):
+        return torch.tanh(self.dense(hidden_states[:, 0]))
 
 
 class MiniBertPreTrainedModel(PreTrainedModel):
@@ -189,7 +225,8 @@ class MiniBertPreTrainedModel(PreTrainedModel):
 
 
 class MiniBertModel(MiniBertPreTrainedModel):
-    """The encoder: embeddings and a stack of layers. Returns every token's vector and the [CLS] vector."""
+    """The encoder: embeddings and a stack of layers. Returns every token's vector and the [CLS] vector (through
+    the pooler when config.use_pooler)."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -198,6 +235,7 @@ class MiniBertModel(MiniBertPreTrainedModel):
         # Pre-LN blocks leave the residual stream unnormalised: one LayerNorm at the end.
         if config.layer_norm_position == "pre":
             self.final_LayerNorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.pooler = MiniBertPooler(config) if config.use_pooler else None
         self.post_init()
 
     def get_input_embeddings(self):
@@ -226,10 +264,16 @@ class MiniBertModel(MiniBertPreTrainedModel):
 
         hidden_states = self.embeddings(input_ids, token_type_ids, position_ids,
                                         None if unpadded is None else unpadded.index)
+        rotary = None
+        if self.config.position_embedding_type == "rotary":  # one (cos, sin) pair for all layers
+            if position_ids is None:
+                position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)  # (1, seq)
+            head_dim = self.config.hidden_size // self.config.num_attention_heads
+            rotary = rotary_tables(position_ids, head_dim, self.config.rope_theta)
         all_hidden_states = (padded(hidden_states),) if output_hidden_states else None
         all_attentions = () if output_attentions else None
         for layer in self.layers:
-            hidden_states, weights = layer(hidden_states, mask, output_attentions, unpadded)
+            hidden_states, weights = layer(hidden_states, mask, output_attentions, unpadded, rotary)
             if output_hidden_states:
                 all_hidden_states += (padded(hidden_states),)
             if output_attentions:
@@ -239,10 +283,11 @@ class MiniBertModel(MiniBertPreTrainedModel):
             if output_hidden_states:  # the last entry is the model's output, normalised (as in GPT-2)
                 all_hidden_states = all_hidden_states[:-1] + (padded(hidden_states),)
         hidden_states = padded(hidden_states)
+        pooled = hidden_states[:, 0] if self.pooler is None else self.pooler(hidden_states)  # (batch, hidden)
 
         output = BaseModelOutputWithPooling(
             last_hidden_state=hidden_states,
-            pooler_output=hidden_states[:, 0],  # the [CLS] vector, (batch, hidden)
+            pooler_output=pooled,
             hidden_states=all_hidden_states,
             attentions=all_attentions,
         )
@@ -264,6 +309,23 @@ class MiniBertLMHead(nn.Module):
 
     def forward(self, hidden_states):  # (..., hidden) -> (..., vocab)
         return self.decoder(self.LayerNorm(self.activation(self.dense(hidden_states))))
+
+
+class MiniBertSegmentPairHead(nn.Module):
+    """NSP from the two sentences: mean vectors a (A's tokens) and b (B's), then (a * b, |a - b|) -> dense + tanh
+    -> 2 logits. Topic overlap between A and B shows up directly in a * b."""
+
+    def __init__(self, config):
+        super().__init__()
+        self.dense = nn.Linear(2 * config.hidden_size, config.hidden_size)
+        self.classifier = nn.Linear(config.hidden_size, 2)
+
+    def forward(self, hidden_states, token_type_ids, attention_mask):  # (batch, seq, hidden) -> (batch, 2)
+        real = attention_mask.bool()
+        in_b = token_type_ids.bool() & real
+        a, b = ((hidden_states * part[..., None]).sum(1) / part.sum(1, keepdim=True).clamp(min=1)
+                for part in (real & ~in_b, in_b))  # each (batch, hidden)
+        return self.classifier(torch.tanh(self.dense(torch.cat((a * b, (a - b).abs()), dim=-1))))
 
 
 @dataclass
@@ -292,7 +354,10 @@ class MiniBertForPreTraining(MiniBertPreTrainedModel):
         super().__init__(config)
         self.minibert = MiniBertModel(config)
         self.lm_head = MiniBertLMHead(config)
-        self.nsp_head = nn.Linear(config.hidden_size, 2)
+        if config.nsp_input == "segments":
+            self.nsp_head = MiniBertSegmentPairHead(config)
+        else:
+            self.nsp_head = nn.Linear(config.hidden_size, 2)
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
@@ -302,7 +367,12 @@ class MiniBertForPreTraining(MiniBertPreTrainedModel):
         encoded = self.minibert(input_ids, attention_mask, token_type_ids, position_ids,
                                 output_attentions, output_hidden_states, return_dict=True)
         sequence_output = encoded.last_hidden_state  # (batch, seq, hidden)
-        seq_relationship_logits = self.nsp_head(encoded.pooler_output)  # (batch, 2)
+        if self.config.nsp_input == "segments":
+            seq_relationship_logits = self.nsp_head(
+                sequence_output, torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids,
+                torch.ones_like(input_ids) if attention_mask is None else attention_mask)
+        else:
+            seq_relationship_logits = self.nsp_head(encoded.pooler_output)  # (batch, 2)
 
         mlm_loss = nsp_loss = None
         if labels is not None:

@@ -81,7 +81,9 @@ def test_presets():
 @pytest.mark.parametrize("kwargs, field", [
     (dict(hidden_size=30, num_attention_heads=4), "hidden_size"),
     (dict(vocab_size=4), "vocab_size"),
-    (dict(position_embedding_type="rotary"), "position_embedding_type"),
+    (dict(position_embedding_type="alibi"), "position_embedding_type"),
+    (dict(rope_theta=0.5), "rope_theta"),
+    (dict(nsp_input="mean"), "nsp_input"),
     (dict(num_hidden_layers=0), "num_hidden_layers"),
     (dict(hidden_dropout_prob=1.5), "hidden_dropout_prob"),
     (dict(layer_norm_position="sandwich"), "layer_norm_position"),
@@ -133,10 +135,15 @@ def test_batch_without_targets_has_zero_mlm_loss():
     assert out.mlm_loss.item() == 0.0 and torch.isfinite(out.loss)
 
 
-@pytest.mark.parametrize("position_embedding_type, layer_norm_position",
-                         [("learned", "post"), ("sinusoidal", "post"), ("learned", "pre")])
-def test_padding_does_not_change_real_positions(position_embedding_type, layer_norm_position):
-    model = tiny_model(position_embedding_type=position_embedding_type, layer_norm_position=layer_norm_position)
+# Model variants the parity and round-trip tests cover: position type, LayerNorm placement, other fields.
+VARIANTS = [("learned", "post", {}), ("sinusoidal", "post", {}), ("learned", "pre", {}), ("rotary", "pre", {}),
+            ("rotary", "pre", dict(use_pooler=True)), ("rotary", "pre", dict(nsp_input="segments"))]
+
+
+@pytest.mark.parametrize("position_embedding_type, layer_norm_position, fields", VARIANTS)
+def test_padding_does_not_change_real_positions(position_embedding_type, layer_norm_position, fields):
+    model = tiny_model(position_embedding_type=position_embedding_type, layer_norm_position=layer_norm_position,
+                       **fields)
     batch = make_batch()
     row, length = 1, int(batch["attention_mask"][1].sum())
     padded = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
@@ -146,6 +153,21 @@ def test_padding_does_not_change_real_positions(position_embedding_type, layer_n
     torch.testing.assert_close(padded.prediction_logits[row, :length], alone.prediction_logits[0], atol=1e-4, rtol=0)
     torch.testing.assert_close(padded.seq_relationship_logits[row], alone.seq_relationship_logits[0],
                                atol=1e-4, rtol=0)
+
+
+def test_rotary_positions_are_relative():
+    """RoPE scores depend on offsets only: shifting every position changes nothing; a permutation does."""
+    model = tiny_model(position_embedding_type="rotary", layer_norm_position="pre")
+    assert not hasattr(model.minibert.embeddings, "position_embeddings")
+    with torch.no_grad():  # sharp attention (freshly initialised, it is near uniform and positions barely matter)
+        for layer in model.minibert.layers:
+            layer.attention.qkv.weight.mul_(20.0)
+    batch = {k: v for k, v in make_batch().items() if k != "labels"}
+    out = model(**batch).prediction_logits
+    shifted = model(**batch, position_ids=torch.arange(16)[None] + 5).prediction_logits
+    torch.testing.assert_close(shifted, out, atol=1e-4, rtol=0)
+    reversed_ = model(**batch, position_ids=torch.arange(16).flip(0)[None]).prediction_logits
+    assert (reversed_ - out).abs().max() > 1e-3
 
 
 def reference_attention(attention, hidden_states, attention_mask):
@@ -239,8 +261,10 @@ def test_tuple_outputs_and_kwargs():
     torch.testing.assert_close(model(**batch, position_ids=position_ids).loss, as_dict.loss)
 
 
-def test_gradient_reaches_every_parameter():
-    model = tiny_model().train()
+@pytest.mark.parametrize("fields", [{}, dict(position_embedding_type="rotary", use_pooler=True),
+                                    dict(position_embedding_type="rotary", nsp_input="segments")])
+def test_gradient_reaches_every_parameter(fields):
+    model = tiny_model(**fields).train()
     model(**make_batch()).loss.backward()
     for name, parameter in model.named_parameters():
         assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
@@ -285,16 +309,17 @@ def test_save_pretrained_folder(tmp_path):
     assert "lm_head.decoder.weight" not in load_file(tmp_path / "model.safetensors")
 
 
-@pytest.mark.parametrize("position_embedding_type, layer_norm_position",
-                         [("learned", "post"), ("sinusoidal", "post"), ("learned", "pre")])
-def test_from_pretrained_reproduces_outputs_exactly(tmp_path, position_embedding_type, layer_norm_position):
-    model = tiny_model(position_embedding_type=position_embedding_type, layer_norm_position=layer_norm_position)
+@pytest.mark.parametrize("position_embedding_type, layer_norm_position, fields", VARIANTS)
+def test_from_pretrained_reproduces_outputs_exactly(tmp_path, position_embedding_type, layer_norm_position, fields):
+    model = tiny_model(position_embedding_type=position_embedding_type, layer_norm_position=layer_norm_position,
+                       **fields)
     model.save_pretrained(tmp_path)
     batch = make_batch()
     for loaded in (MiniBertForPreTraining.from_pretrained(tmp_path), AutoModelForPreTraining.from_pretrained(tmp_path)):
         assert type(loaded) is MiniBertForPreTraining
         assert loaded.lm_head.decoder.weight is loaded.minibert.embeddings.word_embeddings.weight
         assert torch.equal(loaded.eval()(**batch).prediction_logits, model(**batch).prediction_logits)
+        assert torch.equal(loaded(**batch).seq_relationship_logits, model(**batch).seq_relationship_logits)
     base = AutoModel.from_pretrained(tmp_path).eval()
     assert type(base) is MiniBertModel
     assert torch.equal(base(batch["input_ids"]).last_hidden_state, model.minibert(batch["input_ids"]).last_hidden_state)

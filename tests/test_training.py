@@ -501,3 +501,37 @@ def test_sigkill_during_a_checkpoint_write_then_resume_latest_matches_a_straight
     for name in a:
         assert torch.allclose(a[name], b[name], atol=1e-5, rtol=0), name
     assert no_temporary_names(out / "final") == []
+
+
+def test_masking_rate_schedule_falls_linearly_to_its_end(data, tmp_path, monkeypatch):
+    from minibert_hf.training import mlm_probability_at
+
+    assert [mlm_probability_at(s, 5, 0.3, None) for s in range(5)] == [0.3] * 5
+    assert [round(mlm_probability_at(s, 5, 0.3, 0.1), 6) for s in range(5)] == [0.3, 0.25, 0.2, 0.15, 0.1]
+
+    seen = []
+
+    class RecordingMasker(training.DynamicMasker):
+        def __call__(self, batch, generator=None):
+            seen.append(self.mlm_probability)
+            return super().__call__(batch, generator)
+
+    monkeypatch.setattr(training, "DynamicMasker", RecordingMasker)
+    train(args_for(data, tmp_path / "run", max_steps=4, gradient_accumulation_steps=2, mlm_probability=0.4,
+                   mlm_probability_end=0.1))
+    assert [round(p, 6) for p in seen] == [0.4, 0.4, 0.3, 0.3, 0.2, 0.2, 0.1, 0.1]  # per micro-batch, by step
+    card = (tmp_path / "run" / "final" / "README.md").read_text()
+    assert "mlm_probability_end" in card
+
+
+def test_nsp_loss_weight_scales_the_nsp_part_of_the_training_loss(data, tmp_path):
+    """With weight 0 the NSP head gets no gradient (its bias, free of weight decay, stays as initialised)."""
+    from safetensors.torch import load_file
+
+    biases = {}
+    for weight in (0.0, 1.0):
+        out = tmp_path / f"w{weight}"
+        train(args_for(data, out, max_steps=2, nsp_loss_weight=weight, checkpointing_steps=1, save_total_limit=2))
+        first, last = (load_file(out / "checkpoints" / f"step-{s}" / "model.safetensors") for s in (1, 2))
+        biases[weight] = (first["nsp_head.bias"], last["nsp_head.bias"])
+    assert torch.equal(*biases[0.0]) and not torch.equal(*biases[1.0])
