@@ -47,6 +47,9 @@ class PretrainingArguments:
     # optimisation
     epochs: int = option(1, "passes over the training data")
     max_steps: int | None = option(None, "optimizer steps; overrides --epochs")
+    max_train_minutes: float | None = option(None, "a time budget: train until this many minutes have passed "
+                                                   "(or --max-steps/--epochs, whichever comes first); the "
+                                                   "learning-rate schedule follows the elapsed time")
     batch_size: int = option(32, "rows per micro-batch and process")
     eval_batch_size: int | None = option(None, "default: 2 x --batch-size")
     gradient_accumulation_steps: int = option(1, "micro-batches per optimizer step")
@@ -104,6 +107,8 @@ class PretrainingArguments:
         for name in ("max_steps", "eval_batch_size", "save_total_limit"):
             value = getattr(self, name)
             need(value is None or value >= 1, f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        need(self.max_train_minutes is None or (math.isfinite(self.max_train_minutes) and self.max_train_minutes > 0),
+             f"--max-train-minutes must be positive, got {self.max_train_minutes}")
         need(math.isfinite(self.learning_rate) and self.learning_rate > 0,
              f"--learning-rate must be positive, got {self.learning_rate}")
         need(self.weight_decay >= 0, f"--weight-decay must be 0 or more, got {self.weight_decay}")
@@ -136,7 +141,7 @@ class PretrainingArguments:
 
     def card_fields(self) -> dict:
         """The options that describe how a model was trained (for its model card and trackers): no paths."""
-        keep = ("preset", "config_overrides", "init_from", "epochs", "max_steps", "batch_size",
+        keep = ("preset", "config_overrides", "init_from", "epochs", "max_steps", "max_train_minutes", "batch_size",
                 "gradient_accumulation_steps", "learning_rate", "weight_decay", "adam_beta2", "warmup_ratio",
                 "max_grad_norm", "masking", "mlm_probability", "mlm_probability_end", "nsp_loss_weight",
                 "mixed_precision", "seed")

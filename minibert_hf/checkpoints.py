@@ -50,7 +50,8 @@ def list_checkpoints(output_dir: Path) -> list[Path]:
 
 def save_checkpoint(accelerator, output_dir: Path, step: int, run: dict, save_total_limit=None) -> Path:
     """accelerator.save_state into checkpoints/.tmp-step-N (all processes), then the main process renames it to
-    step-N; keep the newest ``save_total_limit``."""
+    step-N with ``run`` (the batch layout, training time so far) in training_state.json; keep the newest
+    ``save_total_limit``."""
     folder = Path(output_dir) / "checkpoints" / f"step-{step}"
     tmp = temporary_name(folder)  # the same name in every process
     if accelerator.is_main_process:
@@ -70,14 +71,15 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, run: dict, save_to
 
 
 def resume(accelerator, args, output_dir: Path, run: dict) -> int:
-    """Restore model, optimizer, scheduler and RNG from a checkpoint; return the optimizer step to continue from."""
+    """Restore model, optimizer, scheduler and RNG from a checkpoint; return its training_state.json (``step``: the
+    optimizer step to continue from, ``elapsed_seconds``: training time so far), or ``{}`` to start afresh."""
     if not args.resume_from_checkpoint:
-        return 0
+        return {}
     if args.resume_from_checkpoint == "latest":
         found = list_checkpoints(output_dir)
         if not found:
             accelerator.print(f"No checkpoint in {output_dir / 'checkpoints'} yet: starting from step 0.")
-            return 0
+            return {}
         folder = found[-1]
     else:
         folder = Path(args.resume_from_checkpoint)
@@ -96,7 +98,7 @@ def resume(accelerator, args, output_dir: Path, run: dict) -> int:
         raise MiniBertInputError(f"cannot load the checkpoint (corrupted?): {type(error).__name__}",
                                  file=folder) from None
     accelerator.print(f"Resumed from {folder} at step {state['step']}.")
-    return int(state["step"])
+    return state
 
 
 def clear_previous_run(output_dir: Path) -> None:

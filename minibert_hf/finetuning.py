@@ -183,7 +183,7 @@ def load_csv_dataset(path, test_fraction: float = 0.2, seed: int = 0) -> TextCla
     if not train or not test:
         raise MiniBertInputError(f"too few rows to hold some out for testing (train {len(train)}, test {len(test)})",
                                  file=path)
-    return TextClassificationData(train, test, names, f"{path} (text,label CSV)")
+    return TextClassificationData(train, test, names, f"{path.name} (text,label CSV)")
 
 
 def _is_int(value: str) -> bool:

@@ -51,7 +51,6 @@ def train(args) -> dict:
     args.check()
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.utils import set_seed
-    from transformers import get_scheduler
 
     output_dir = Path(args.output_dir)
     accelerator = Accelerator(
@@ -81,8 +80,9 @@ def train(args) -> dict:
     # The fused AdamW kernel does the whole update in one pass (bench: optimizer step 103 -> 25 ms at 1 thread).
     optimizer = torch.optim.AdamW(parameter_groups(model, args.weight_decay), lr=args.learning_rate,
                                   betas=(0.9, args.adam_beta2), fused=accelerator.device.type in ("cpu", "cuda"))
-    lr_scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(args.warmup_ratio * total_steps),
-                                 num_training_steps=total_steps)
+    budget = Budget(total_steps, args.max_train_minutes, accelerator)
+    lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_then_linear_decay(budget.progress(step), args.warmup_ratio))
     model, optimizer, train_dl, eval_dl, lr_scheduler = accelerator.prepare(
         model, optimizer, train_dl, eval_dl, lr_scheduler)
     masker = DynamicMasker(len(tokenizer), args.mlm_probability) if args.masking == "dynamic" else None
@@ -92,7 +92,9 @@ def train(args) -> dict:
         accelerator.init_trackers("minibert", config={k: v if isinstance(v, (int, float, str, bool)) else str(v)
                                                       for k, v in args.card_fields().items()})
 
-    global_step = resume(accelerator, args, output_dir, run)
+    state = resume(accelerator, args, output_dir, run)
+    global_step = state.get("step", 0)
+    budget.start(state.get("elapsed_seconds", 0.0))
     start_epoch, skip = divmod(global_step, steps_per_epoch)
     skip *= args.gradient_accumulation_steps
     if global_step and skip == 0:  # resumed at the end of an epoch: finish it (eval, epoch-N/) with no batches
@@ -110,16 +112,18 @@ def train(args) -> dict:
             micro_batch = index * accelerator.num_processes + accelerator.process_index
             torch.manual_seed(micro_batch_seed(args.seed, epoch, micro_batch))  # dropout and dynamic masks
             if masker is not None:
-                masker.mlm_probability = mlm_probability_at(global_step, total_steps, args.mlm_probability,
+                masker.mlm_probability = mlm_probability_at(budget.progress(global_step), args.mlm_probability,
                                                             args.mlm_probability_end)
                 batch = masker(batch)
             with accelerator.accumulate(model):
                 outputs = model(**batch)
-                accelerator.backward(outputs.mlm_loss + args.nsp_loss_weight * outputs.nsp_loss)
+                # loss = mlm_loss + nsp_loss; --nsp-loss-weight w trains on mlm_loss + w * nsp_loss
+                accelerator.backward(outputs.loss + (args.nsp_loss_weight - 1.0) * outputs.nsp_loss)
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm or math.inf)
                     if torch.isfinite(grad_norm):  # NaN/inf anywhere (any process, any micro-batch) skips the step
                         optimizer.step()
+                    budget.tick()
                     lr_scheduler.step()
                     optimizer.zero_grad()
             meter.add(outputs, batch)
@@ -130,23 +134,23 @@ def train(args) -> dict:
             if args.eval_steps and global_step % args.eval_steps == 0:
                 metrics = evaluate_and_log(model, eval_dl, accelerator, log, global_step)
             if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
-                save_checkpoint(accelerator, output_dir, global_step, run, args.save_total_limit)
-            if global_step >= total_steps:
+                save_checkpoint(accelerator, output_dir, global_step, budget.state(run), args.save_total_limit)
+            if budget.done(global_step):
                 break
         skip = 0
-        if global_step % steps_per_epoch == 0 or global_step >= total_steps:  # the epoch ran to its end
+        if global_step % steps_per_epoch == 0 or budget.done(global_step):  # the epoch ran to its end
             if not (metrics and metrics["step"] == global_step):
                 metrics = evaluate_and_log(model, eval_dl, accelerator, log, global_step)
             if global_step % steps_per_epoch == 0:
                 save_model(accelerator, model, tokenizer, output_dir / f"epoch-{epoch + 1}", args, data, metrics)
-        if global_step >= total_steps:
+        if budget.done(global_step):
             break
 
     meter.close()
     if metrics is None or metrics["step"] != global_step:  # e.g. resumed after the last step
         metrics = evaluate_and_log(model, eval_dl, accelerator, log, global_step)
     if args.checkpointing_steps and not (output_dir / "checkpoints" / f"step-{global_step}").exists():
-        save_checkpoint(accelerator, output_dir, global_step, run, args.save_total_limit)
+        save_checkpoint(accelerator, output_dir, global_step, budget.state(run), args.save_total_limit)
     final = save_model(accelerator, model, tokenizer, output_dir / "final", args, data, metrics)
     if args.report_to == "tensorboard":
         accelerator.end_training()
@@ -307,12 +311,57 @@ def parameter_groups(model, weight_decay):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def mlm_probability_at(step: int, total_steps: int, start: float, end: float | None) -> float:
-    """The dynamic-masking rate at optimizer step `step` (0-based): `start` throughout, or, with `end`, falling
-    linearly from `start` at the first step to `end` at the last (more context per target late in training)."""
-    if end is None:
-        return start
-    return start + (end - start) * min(step, total_steps - 1) / max(total_steps - 1, 1)
+def warmup_then_linear_decay(progress: float, warmup: float) -> float:
+    """The learning-rate factor at `progress` (0 at the start, 1 at the end of the run): a linear warm-up over the
+    first `warmup` of the run, then a linear decay that reaches 0 exactly at the end."""
+    if progress < warmup:
+        return progress / warmup
+    return max(0.0, (1.0 - progress) / (1.0 - warmup))
+
+
+# The clock a time budget reads (a test puts a fake one here).
+clock = time.monotonic
+
+
+class Budget:
+    """How far the run is, 0..1: by optimizer steps (`total_steps`), or, with a time budget, by elapsed training
+    time when that is further along (Cramming's budgeted schedules). The learning-rate schedule follows it and the
+    run stops at 1, so a budgeted run ends on time on any machine (and is not bit-reproducible: where it stops
+    depends on the machine's speed; fixed-step runs resume exactly). Every process uses the main process's clock.
+    """
+
+    def __init__(self, total_steps: int, minutes: float | None, accelerator):
+        self.total_steps, self.accelerator = total_steps, accelerator
+        self.seconds = None if minutes is None else 60.0 * minutes
+        self.elapsed_before, self.started, self.elapsed = 0.0, None, 0.0
+
+    def start(self, elapsed_before: float = 0.0) -> None:
+        """Start (or, resumed, continue) the clock."""
+        self.elapsed_before, self.started, self.elapsed = float(elapsed_before), clock(), float(elapsed_before)
+
+    def tick(self) -> None:
+        """Read the clock, once per optimizer step; with a time budget every process takes the main one's reading."""
+        self.elapsed = self.elapsed_before + clock() - self.started
+        if self.seconds is not None and self.accelerator.num_processes > 1:
+            elapsed = torch.tensor([self.elapsed * self.accelerator.is_main_process], device=self.accelerator.device)
+            self.elapsed = float(self.accelerator.reduce(elapsed, reduction="sum"))
+
+    def progress(self, step: int) -> float:
+        by_steps = step / self.total_steps
+        return by_steps if self.seconds is None else max(by_steps, self.elapsed / self.seconds)
+
+    def done(self, step: int) -> bool:
+        return self.progress(step) >= 1.0
+
+    def state(self, run: dict) -> dict:
+        """What a checkpoint records: the batch layout and the training time so far."""
+        return {**run, "elapsed_seconds": round(self.elapsed, 3)}
+
+
+def mlm_probability_at(progress: float, start: float, end: float | None) -> float:
+    """The dynamic-masking rate at `progress` (0..1 of the run, as the learning-rate schedule sees it): `start`
+    throughout, or, with `end`, falling linearly from `start` to `end` (more context per target late in training)."""
+    return start if end is None else start + (end - start) * min(progress, 1.0)
 
 
 def micro_batch_seed(seed: int, epoch: int, index: int) -> int:

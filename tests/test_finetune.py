@@ -8,6 +8,7 @@ import csv
 import io
 import json
 import shutil
+import statistics
 import sys
 import zipfile
 from pathlib import Path
@@ -265,3 +266,23 @@ def test_finetune_cli_bad_input_is_one_line_exit_2(trained, tmp_path, capsys, ca
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("error: ") and fragment in err[0], err
     assert not out_dir.exists()  # nothing half-written
+
+
+def test_compare_finetuning_reports_each_side_at_its_best_learning_rate(trained, tmp_path, capsys):
+    """scripts/compare_finetuning.py: pretrained and from-scratch runs over learning rates and seeds, one table."""
+    csv_path = write_topic_csv(tmp_path / "topics.csv")
+    table_path, runs_path = tmp_path / "finetuning.md", tmp_path / "runs.json"
+    code = load_script("compare_finetuning").main(
+        ["--model", str(trained), "--dataset", str(csv_path), "--learning-rates", "1e-3", "3e-3", "--seeds", "0", "1",
+         "--epochs", "1", "--batch-size", "8", "--markdown", str(table_path), "--results-json", str(runs_path)])
+    assert code == 0
+    runs = json.loads(runs_path.read_text())
+    assert len(runs) == 2 * 2 * 2 and {r["side"] for r in runs} == {"pretrained", "from scratch"}
+    assert {r["from_scratch"] for r in runs if r["side"] == "from scratch"} == {True}
+    table = table_path.read_text()
+    for side in ("pretrained", "from scratch"):
+        best = max(((statistics.fmean(r["accuracy"] for r in runs if r["side"] == side and r["learning_rate"] == lr),
+                     lr) for lr in (1e-3, 3e-3)), key=lambda pair: pair[0])  # a tie: the lower learning rate
+        assert f"| {side} | {best[1]:g} | **{best[0]:.1%}**" in table
+    assert "Pretrained minus from scratch, each at its best learning rate" in table
+    assert table in capsys.readouterr().out and str(tmp_path) not in table  # the data named by file name only

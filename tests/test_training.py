@@ -503,11 +503,11 @@ def test_sigkill_during_a_checkpoint_write_then_resume_latest_matches_a_straight
     assert no_temporary_names(out / "final") == []
 
 
-def test_masking_rate_schedule_falls_linearly_to_its_end(data, tmp_path, monkeypatch):
+def test_masking_rate_schedule_falls_linearly_over_the_run(data, tmp_path, monkeypatch):
     from minibert_hf.training import mlm_probability_at
 
-    assert [mlm_probability_at(s, 5, 0.3, None) for s in range(5)] == [0.3] * 5
-    assert [round(mlm_probability_at(s, 5, 0.3, 0.1), 6) for s in range(5)] == [0.3, 0.25, 0.2, 0.15, 0.1]
+    assert [mlm_probability_at(p, 0.3, None) for p in (0, 0.5, 1)] == [0.3] * 3
+    assert [round(mlm_probability_at(p, 0.3, 0.1), 6) for p in (0, 0.25, 0.5, 1, 1.5)] == [0.3, 0.25, 0.2, 0.1, 0.1]
 
     seen = []
 
@@ -519,7 +519,7 @@ def test_masking_rate_schedule_falls_linearly_to_its_end(data, tmp_path, monkeyp
     monkeypatch.setattr(training, "DynamicMasker", RecordingMasker)
     train(args_for(data, tmp_path / "run", max_steps=4, gradient_accumulation_steps=2, mlm_probability=0.4,
                    mlm_probability_end=0.1))
-    assert [round(p, 6) for p in seen] == [0.4, 0.4, 0.3, 0.3, 0.2, 0.2, 0.1, 0.1]  # per micro-batch, by step
+    assert [round(p, 6) for p in seen] == [0.4, 0.4, 0.325, 0.325, 0.25, 0.25, 0.175, 0.175]  # micro-batches
     card = (tmp_path / "run" / "final" / "README.md").read_text()
     assert "mlm_probability_end" in card
 
@@ -535,3 +535,28 @@ def test_nsp_loss_weight_scales_the_nsp_part_of_the_training_loss(data, tmp_path
         first, last = (load_file(out / "checkpoints" / f"step-{s}" / "model.safetensors") for s in (1, 2))
         biases[weight] = (first["nsp_head.bias"], last["nsp_head.bias"])
     assert torch.equal(*biases[0.0]) and not torch.equal(*biases[1.0])
+
+
+def test_learning_rate_warms_up_then_decays_to_zero_at_the_end():
+    from minibert_hf.training import warmup_then_linear_decay
+
+    factors = [warmup_then_linear_decay(step / 20, 0.1) for step in range(21)]
+    assert factors[0] == 0 and factors[1] == pytest.approx(0.5) and factors[2] == pytest.approx(1.0)
+    assert factors[11] == pytest.approx(0.5) and factors[20] == 0.0
+    assert all(a >= b for a, b in zip(factors[2:], factors[3:]))  # decays monotonically after the warm-up
+
+
+def test_a_time_budget_schedules_by_elapsed_time_and_stops_on_time(data, tmp_path, monkeypatch):
+    """A fake clock advances 6 s per optimizer step: a 0.5-minute budget is 5 steps, whatever --max-steps says,
+    and the learning rate logged at each step is the one for the elapsed share of the budget."""
+    ticks = iter(range(0, 10_000, 6))
+    monkeypatch.setattr(training, "clock", lambda: next(ticks))
+    out = tmp_path / "run"
+    result = train(args_for(data, out, max_steps=1000, max_train_minutes=0.5, warmup_ratio=0.2,
+                            learning_rate=1e-3, checkpointing_steps=2))
+    assert result["step"] == 5
+    logged = {r["step"]: r["learning_rate"] for r in read_metrics(out) if "learning_rate" in r}
+    # after step s the clock reads 6 s: progress s/5 (far ahead of s/1000 by steps); warm-up to 0.2, then decay
+    assert logged == pytest.approx({1: 1e-3, 2: 7.5e-4, 3: 5e-4, 4: 2.5e-4, 5: 0.0})
+    state = json.loads((out / "checkpoints" / "step-4" / "training_state.json").read_text())
+    assert state["step"] == 4 and state["elapsed_seconds"] > 0
