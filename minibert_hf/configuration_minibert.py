@@ -25,6 +25,7 @@ PRESETS = {
 POSITION_EMBEDDING_TYPES = ("learned", "sinusoidal", "rotary")
 LAYER_NORM_POSITIONS = ("post", "pre")
 NSP_INPUTS = ("cls", "segments")
+CLASSIFIER_POOLINGS = ("cls", "mean")
 
 # The code files travel with every checkpoint; this map tells the Auto classes where each class lives.
 AUTO_MAP = {
@@ -66,6 +67,7 @@ class MiniBertConfig(PretrainedConfig):
         classifier_dropout=None,
         use_pooler=False,
         nsp_input="cls",
+        classifier_pooling="cls",
         **kwargs,
     ):
         # The course lab's argument names.
@@ -97,6 +99,9 @@ class MiniBertConfig(PretrainedConfig):
         # What the NSP head reads: "cls" (BERT: the pooled [CLS] vector) or "segments" (the mean vectors a, b of
         # sentences A and B, compared as (a * b, |a - b|) through dense + tanh).
         self.nsp_input = nsp_input
+        # What a sequence classifier reads: "cls" (the pooled [CLS] vector, BERT) or "mean" (the mean of the real
+        # tokens' vectors, which an encoder pretrained with nsp_input="segments" has learnt to fill).
+        self.classifier_pooling = classifier_pooling
         kwargs.setdefault("auto_map", dict(AUTO_MAP))
         super().__init__(**kwargs)
         self._check()
@@ -124,6 +129,9 @@ class MiniBertConfig(PretrainedConfig):
                              f"{self.hidden_size // self.num_attention_heads}")
         if self.nsp_input not in NSP_INPUTS:
             raise ValueError(f"MiniBertConfig.nsp_input must be one of {NSP_INPUTS}, got {self.nsp_input!r}")
+        if self.classifier_pooling not in CLASSIFIER_POOLINGS:
+            raise ValueError(f"MiniBertConfig.classifier_pooling must be one of {CLASSIFIER_POOLINGS}, "
+                             f"got {self.classifier_pooling!r}")
         if self.layer_norm_position not in LAYER_NORM_POSITIONS:
             raise ValueError(f"MiniBertConfig.layer_norm_position must be one of {LAYER_NORM_POSITIONS}, "
                              f"got {self.layer_norm_position!r}")

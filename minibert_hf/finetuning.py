@@ -261,10 +261,11 @@ def predict_labels(model, tokenizer, examples, batch_size: int = 64, max_length:
 
 
 def load_classifier(model_name_or_path, num_labels: int, from_scratch: bool = False, seed: int = 0,
-                    label_names=None, dropout: float | None = None):
+                    label_names=None, dropout: float | None = None, pooling: str | None = None):
     """``(model, tokenizer)``: the pretrained encoder with a new classification head, or (``from_scratch``)
     the same architecture with every weight random. ``dropout`` (if given) replaces the hidden, attention and
-    classifier dropout of the config: the "mini" preset pretrains without dropout, fine-tuning wants some."""
+    classifier dropout of the config: the "mini" preset pretrains without dropout, fine-tuning wants some.
+    ``pooling`` (if given) sets what the classifier reads: "cls" or "mean" (``classifier_pooling``)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from .model_folder import load_model
@@ -275,6 +276,8 @@ def load_classifier(model_name_or_path, num_labels: int, from_scratch: bool = Fa
     fields = dict(num_labels=num_labels, id2label=id2label, label2id=label2id)
     if dropout is not None:
         fields.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, classifier_dropout=dropout)
+    if pooling is not None:
+        fields.update(classifier_pooling=pooling)
     torch.manual_seed(seed)
     model, tokenizer = load_model(model_name_or_path, auto_class=AutoModelForSequenceClassification, **fields)
     if from_scratch:
@@ -285,7 +288,7 @@ def load_classifier(model_name_or_path, num_labels: int, from_scratch: bool = Fa
 
 
 def check_options(*, epochs=3.0, max_steps=None, batch_size=32, learning_rate=3e-4, max_length=128,
-                  dropout=None, test_fraction=0.2) -> None:
+                  dropout=None, test_fraction=0.2, pooling=None) -> None:
     """Raise a one-line MiniBertInputError (naming the CLI flag) for a fine-tuning option that cannot work."""
     def need(ok, flag, rule, value):
         if not ok:
@@ -297,6 +300,7 @@ def check_options(*, epochs=3.0, max_steps=None, batch_size=32, learning_rate=3e
     need(learning_rate > 0, "learning-rate", "more than 0", learning_rate)
     need(max_length >= 3, "max-length", "at least 3", max_length)
     need(dropout is None or 0 <= dropout < 1, "dropout", "in [0, 1)", dropout)
+    need(pooling in (None, "cls", "mean"), "pooling", "cls or mean", pooling)
     need(0 < test_fraction < 1, "test-fraction", "between 0 and 1", test_fraction)
 
 
@@ -313,6 +317,7 @@ def finetune(
     warmup_fraction: float = 0.1,
     max_length: int = 128,
     dropout: float | None = 0.1,
+    pooling: str | None = None,
     seed: int = 0,
     device=None,
     output_dir=None,
@@ -321,12 +326,12 @@ def finetune(
     """Fine-tune on ``data.train`` and return held-out accuracy / macro-F1 on ``data.test``.
 
     AdamW with linear warm-up (``warmup_fraction`` of the steps) and linear decay, gradient clipping at 1.0,
-    dropout 0.1 (``dropout=None`` keeps the model's own), as in BERT. ``max_steps`` (if given) stops training
+    dropout 0.1 (``dropout=None`` keeps the model's own), as in BERT; ``pooling``: see :func:`load_classifier`. ``max_steps`` (if given) stops training
     early. With ``output_dir``, the fine-tuned model, tokenizer and ``results.json`` are written there (to a
     temporary name first, then renamed).
     """
     check_options(epochs=epochs, max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
-                  max_length=max_length, dropout=dropout)
+                  max_length=max_length, dropout=dropout, pooling=pooling)
     if output_dir is not None:
         output_dir = Path(output_dir)
         _check_writable(output_dir)
@@ -337,7 +342,7 @@ def finetune(
     except (RuntimeError, AssertionError) as error:
         raise MiniBertInputError(f"device {str(device)!r} is not usable here ({str(error).splitlines()[0]})") from None
     model, tokenizer = load_classifier(model_name_or_path, data.num_labels, from_scratch, seed, data.label_names,
-                                       dropout)
+                                       dropout, pooling)
     model.to(device)
     max_length = min(max_length, model.config.max_position_embeddings)
 
@@ -385,7 +390,7 @@ def finetune(
         dataset=data.source,
         settings=dict(batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
                       warmup_fraction=warmup_fraction, max_length=max_length, seed=seed, max_steps=max_steps,
-                      dropout=model.config.hidden_dropout_prob),
+                      dropout=model.config.hidden_dropout_prob, pooling=model.config.classifier_pooling),
     )
     if output_dir is not None:
         save_model_folder(model, tokenizer, output_dir, card=False,

@@ -39,7 +39,7 @@ _METRIC_LABELS = (
 _CONFIG_FIELDS = (
     "vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size", "hidden_act",
     "max_position_embeddings", "position_embedding_type", "rope_theta", "type_vocab_size", "hidden_dropout_prob",
-    "attention_probs_dropout_prob", "layer_norm_position", "layer_norm_eps", "use_pooler", "nsp_input",
+    "attention_probs_dropout_prob", "layer_norm_position", "layer_norm_eps", "use_pooler", "nsp_input", "classifier_pooling",
     "tie_word_embeddings",
 )
 

@@ -428,7 +428,8 @@ class MiniBertForMaskedLM(MiniBertPreTrainedModel):
 
 
 class MiniBertForSequenceClassification(MiniBertPreTrainedModel):
-    """The encoder with a linear classifier on the [CLS] vector, for fine-tuning (config.num_labels classes)."""
+    """The encoder with a linear classifier on the [CLS] vector (or, with config.classifier_pooling = "mean", on the
+    mean of the real tokens' vectors), for fine-tuning (config.num_labels classes)."""
 
     def __init__(self, config):
         super().__init__(config)
@@ -443,7 +444,12 @@ class MiniBertForSequenceClassification(MiniBertPreTrainedModel):
         return_dict = self.config.return_dict if return_dict is None else return_dict
         encoded = self.minibert(input_ids, attention_mask, token_type_ids, position_ids,
                                 output_attentions, output_hidden_states, return_dict=True)
-        logits = self.classifier(self.dropout(encoded.pooler_output))  # (batch, num_labels)
+        if self.config.classifier_pooling == "mean":
+            real = (torch.ones_like(input_ids) if attention_mask is None else attention_mask).unsqueeze(-1).float()
+            pooled = (encoded.last_hidden_state * real).sum(1) / real.sum(1).clamp(min=1)  # (batch, hidden)
+        else:
+            pooled = encoded.pooler_output
+        logits = self.classifier(self.dropout(pooled))  # (batch, num_labels)
         loss = None
         if labels is not None:
             if self.config.num_labels == 1:  # regression

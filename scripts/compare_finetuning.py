@@ -56,7 +56,7 @@ def markdown(rows: list[dict], runs: list[dict], title: str) -> str:
     settings = runs[0]["settings"]
     lines += ["", f"Data: {runs[0]['dataset']} ({runs[0]['num_train']} train, {runs[0]['num_test']} held out); "
                   f"{runs[0]['epochs']:.0f} epochs, batch {settings['batch_size']}, dropout {settings['dropout']}, "
-                  f"max length {settings['max_length']}."]
+                  f"classifier pooling {settings['pooling']}, max length {settings['max_length']}."]
     return "\n".join(lines) + "\n"
 
 
@@ -69,6 +69,7 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--dropout", type=float, default=0.1)
+    parser.add_argument("--pooling", default=None, help="cls or mean (default: the model's classifier_pooling)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--markdown", help="also write the table here")
     parser.add_argument("--results-json", help="write every run's result here")
@@ -82,7 +83,8 @@ def main(argv=None) -> int:
     from minibert_hf.model_folder import check_model_folder
 
     for lr in args.learning_rates:
-        check_options(epochs=args.epochs, batch_size=args.batch_size, learning_rate=lr, dropout=args.dropout)
+        check_options(epochs=args.epochs, batch_size=args.batch_size, learning_rate=lr, dropout=args.dropout,
+                      pooling=args.pooling)
     if os.path.exists(args.model):
         check_model_folder(args.model)
     if args.threads:
@@ -96,8 +98,8 @@ def main(argv=None) -> int:
         for side, scratch in SIDES:
             for lr in args.learning_rates:
                 result = finetune(args.model, data, from_scratch=scratch, epochs=args.epochs,
-                                  batch_size=args.batch_size, learning_rate=lr, dropout=args.dropout, seed=seed,
-                                  log=None)
+                                  batch_size=args.batch_size, learning_rate=lr, dropout=args.dropout,
+                                  pooling=args.pooling, seed=seed, log=None)
                 runs.append({"side": side, **result.to_dict(), "learning_rate": lr})
                 print(f"{side:>12}  lr {lr:g}  seed {seed}: accuracy {result.accuracy:.4f}  "
                       f"macro-F1 {result.macro_f1:.4f}  ({result.train_seconds:.0f}s)", flush=True)

@@ -37,6 +37,8 @@ def main(argv=None) -> int:
     parser.add_argument("--dropout", type=float, default=0.1,
                         help="hidden, attention and classifier dropout while fine-tuning (the mini preset "
                              "pretrains without dropout); -1 keeps the model's own")
+    parser.add_argument("--pooling", default=None, help="what the classifier reads: cls (the [CLS] vector) or "
+                        "mean (the mean of the tokens' vectors); default: the model's classifier_pooling")
     parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out share when the data has no split")
     parser.add_argument("--from-scratch", action="store_true",
                         help="same architecture with random weights (the no-pretraining baseline)")
@@ -57,7 +59,7 @@ def main(argv=None) -> int:
     dropout = None if args.dropout == -1 else args.dropout  # -1: keep the model's own
     check_options(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
                   learning_rate=args.learning_rate, max_length=args.max_length, dropout=dropout,
-                  test_fraction=args.test_fraction)  # before any data is fetched
+                  test_fraction=args.test_fraction, pooling=args.pooling)  # before any data is fetched
 
     from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as hf_logging
@@ -89,7 +91,7 @@ def main(argv=None) -> int:
         result = finetune(
             args.model, data, from_scratch=args.from_scratch, epochs=args.epochs, max_steps=args.max_steps,
             batch_size=args.batch_size, learning_rate=args.learning_rate, max_length=args.max_length,
-            dropout=dropout, seed=args.seed, device=args.device,
+            dropout=dropout, pooling=args.pooling, seed=args.seed, device=args.device,
             output_dir=output_dir,
             log=lambda line: print(line, flush=True),
         )

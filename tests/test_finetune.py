@@ -209,6 +209,8 @@ def test_fine_tuning_dropout_replaces_the_pretraining_one(trained):
         assert (config.hidden_dropout_prob, config.attention_probs_dropout_prob, config.classifier_dropout) == \
             (0.25, 0.25, 0.25)
         assert model.dropout.p == 0.25 and model.minibert.layers[0].dropout.p == 0.25
+    mean, _ = load_classifier(trained, 2, pooling="mean")
+    assert mean.config.classifier_pooling == "mean"
     kept, _ = load_classifier(trained, 2)  # no dropout given: the model's own
     assert kept.config.hidden_dropout_prob == json.loads((trained / "config.json").read_text())["hidden_dropout_prob"]
 
@@ -217,7 +219,7 @@ def test_finetune_option_errors(trained, tmp_path):
     data = load_csv_dataset(write_topic_csv(tmp_path / "topics.csv"))
     for kwargs, message in (({"batch_size": 0}, "--batch-size"), ({"max_steps": -1}, "--max-steps"),
                             ({"epochs": 0}, "--epochs"), ({"learning_rate": 0}, "--learning-rate"),
-                            ({"dropout": 1.0}, "--dropout must be in")):
+                            ({"dropout": 1.0}, "--dropout must be in"), ({"pooling": "max"}, "--pooling must be")):
         with pytest.raises(MiniBertInputError, match=message):
             finetune(trained, data, log=None, **kwargs)
 

@@ -84,6 +84,7 @@ def test_presets():
     (dict(position_embedding_type="alibi"), "position_embedding_type"),
     (dict(rope_theta=0.5), "rope_theta"),
     (dict(nsp_input="mean"), "nsp_input"),
+    (dict(classifier_pooling="max"), "classifier_pooling"),
     (dict(num_hidden_layers=0), "num_hidden_layers"),
     (dict(hidden_dropout_prob=1.5), "hidden_dropout_prob"),
     (dict(layer_norm_position="sandwich"), "layer_norm_position"),
@@ -271,9 +272,11 @@ def test_gradient_reaches_every_parameter(fields):
     assert model.lm_head.decoder.weight is model.minibert.embeddings.word_embeddings.weight
 
 
-def test_sequence_classification_learns_a_separable_task():
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_sequence_classification_learns_a_separable_task(pooling):
     torch.manual_seed(0)
-    model = MiniBertForSequenceClassification(MiniBertConfig.from_preset("tiny", vocab_size=VOCAB, num_labels=2))
+    model = MiniBertForSequenceClassification(MiniBertConfig.from_preset("tiny", vocab_size=VOCAB, num_labels=2,
+                                                                         classifier_pooling=pooling))
     ids = torch.randint(5, VOCAB, (16, 8))
     labels = torch.arange(16) % 2
     ids[:, 1] = 10 + labels  # the class is written in token 1
@@ -285,6 +288,22 @@ def test_sequence_classification_learns_a_separable_task():
         optimizer.step()
     model.eval()
     assert (model(ids).logits.argmax(-1) == labels).all()
+
+
+def test_mean_pooling_reads_the_real_tokens_only():
+    """classifier_pooling="mean": the classifier sees the mean of the real tokens' vectors (padding left out)."""
+    torch.manual_seed(0)
+    model = MiniBertForSequenceClassification(MiniBertConfig.from_preset(
+        "tiny", vocab_size=VOCAB, num_labels=3, classifier_pooling="mean")).eval()
+    batch = make_batch()
+    with torch.no_grad():
+        hidden = model.minibert(batch["input_ids"], batch["attention_mask"]).last_hidden_state
+        logits = model(batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        for row in range(batch["input_ids"].shape[0]):
+            length = int(batch["attention_mask"][row].sum())
+            expected = model.classifier(hidden[row, :length].mean(0))
+            torch.testing.assert_close(logits[row], expected, atol=1e-5, rtol=0)
+    assert not bool(batch["attention_mask"].all())  # the batch has padding
 
 
 # ------------------------------------------------------------------------------------------ saving and loading
