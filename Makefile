@@ -25,7 +25,8 @@ test: $(STAMP)
 pretrain: $(STAMP)
 	$(BIN)/accelerate launch --config_file configs/cpu.yaml scripts/pretrain.py --preset mini \
 		--output-dir $(OUTPUT) --overwrite-output-dir --max-steps 2400 --batch-size 16 --learning-rate 2e-3 \
-		--masking dynamic --mlm-probability 0.3 --eval-steps 200 --checkpointing-steps 400
+		--warmup-ratio 0.06 --adam-beta2 0.98 --masking dynamic --mlm-probability 0.3 --mlm-probability-end 0.15 \
+		--eval-steps 300 --checkpointing-steps 600
 
 clean:
 	rm -rf $(VENV) outputs

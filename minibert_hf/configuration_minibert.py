@@ -8,14 +8,18 @@ from transformers import PretrainedConfig
 
 # Named sizes. "baby" is the course lab's model; "mini" is the project's default, the class defaults tuned for about
 # ten CPU-minutes of pretraining (no dropout: it slows an under-trained model and costs a third of a CPU step;
-# pre-LN: trains faster at high learning rates); "small" is the benchmark size; "tiny" keeps the test suite fast.
+# pre-LN: trains faster at high learning rates; rotary positions: attention sees offsets from the first step, MLM
+# 30.6% vs 15.4% in make pretrain's budget; NSP on the two sentences' mean vectors: 81% vs 58%, and a classifier
+# that reads the mean of the tokens, which that head trains); "small" is the benchmark size; "tiny" keeps the test
+# suite fast.
 PRESETS = {
     "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
                  max_position_embeddings=128),
     "baby": dict(hidden_size=10, num_hidden_layers=2, num_attention_heads=2, intermediate_size=2048,
                  hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, max_position_embeddings=512,
                  position_embedding_type="sinusoidal"),
-    "mini": dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, layer_norm_position="pre"),
+    "mini": dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, layer_norm_position="pre",
+                 position_embedding_type="rotary", nsp_input="segments", classifier_pooling="mean"),
     "small": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, intermediate_size=1024,
                   max_position_embeddings=512),
 }
