@@ -3,12 +3,14 @@
 
     python scripts/compare_finetuning.py --model outputs/minibert-default/final \
         --learning-rates 3e-4 1e-3 --seeds 0 1 2 --markdown docs/finetuning.md
+    python scripts/compare_finetuning.py --from-json seed0.json seed1.json --markdown docs/finetuning.md
 
 Each side (pretrained, from scratch) is fine-tuned with every learning rate and seed on the same data (default:
 Rotten Tomatoes, split by movie) for the same epochs; each side is then reported at its best learning rate (the
 highest mean held-out accuracy over the seeds; a tie goes to the lower rate), with the mean and the spread
 (min-max) over the seeds.
-Exit codes: 0 done, 2 bad input (one line on stderr).
+``--from-json`` tables the runs that earlier calls wrote with ``--results-json`` (e.g. one process per seed) instead
+of fine-tuning again. Exit codes: 0 done, 2 bad input (one line on stderr).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import json
 import os
 import statistics
 import sys
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -62,7 +65,8 @@ def markdown(rows: list[dict], runs: list[dict], title: str) -> str:
 
 def main(argv=None) -> int:
     parser = ArgumentParser(prog="compare_finetuning.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True, help="a pretrained model folder (or Hub repo id)")
+    parser.add_argument("--model", help="a pretrained model folder (or Hub repo id)")
+    parser.add_argument("--from-json", nargs="+", help="table these --results-json files instead of fine-tuning")
     parser.add_argument("--dataset", default="rotten_tomatoes", help="'rotten_tomatoes' or a text,label CSV")
     parser.add_argument("--learning-rates", nargs="+", type=float, default=[3e-4, 1e-3])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
@@ -74,25 +78,34 @@ def main(argv=None) -> int:
     parser.add_argument("--markdown", help="also write the table here")
     parser.add_argument("--results-json", help="write every run's result here")
     args = parser.parse_args(argv)
+    if bool(args.model) == bool(args.from_json):
+        parser.error("give --model (fine-tune) or --from-json (table earlier runs), not both or neither")
 
     import torch
     from transformers.utils import logging as hf_logging
 
     from minibert_hf.atomic import write_text
+    from minibert_hf.errors import MiniBertInputError
     from minibert_hf.finetuning import check_options, finetune, load_csv_dataset, load_rotten_tomatoes
     from minibert_hf.model_folder import check_model_folder
 
-    for lr in args.learning_rates:
+    runs = []
+    for path in args.from_json or []:
+        try:
+            runs += json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, ValueError) as error:
+            raise MiniBertInputError(f"cannot read fine-tuning results ({error.__class__.__name__})",
+                                     file=path) from None
+    for lr in args.learning_rates if args.model else []:
         check_options(epochs=args.epochs, batch_size=args.batch_size, learning_rate=lr, dropout=args.dropout,
                       pooling=args.pooling)
-    if os.path.exists(args.model):
+    if args.model and os.path.exists(args.model):
         check_model_folder(args.model)
     if args.threads:
         torch.set_num_threads(args.threads)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    runs = []
-    for seed in args.seeds:
+    for seed in args.seeds if args.model else []:
         data = (load_rotten_tomatoes(seed=seed) if args.dataset == "rotten_tomatoes"
                 else load_csv_dataset(args.dataset, seed=seed))
         for side, scratch in SIDES:

@@ -288,3 +288,6 @@ def test_compare_finetuning_reports_each_side_at_its_best_learning_rate(trained,
         assert f"| {side} | {best[1]:g} | **{best[0]:.1%}**" in table
     assert "Pretrained minus from scratch, each at its best learning rate" in table
     assert table in capsys.readouterr().out and str(tmp_path) not in table  # the data named by file name only
+    again = tmp_path / "again.md"
+    assert load_script("compare_finetuning").main(["--from-json", str(runs_path), "--markdown", str(again)]) == 0
+    assert again.read_text() == table
