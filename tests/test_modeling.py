@@ -367,8 +367,11 @@ REMOTE_LOADER = BLOCK_MINIBERT_HF + textwrap.dedent("""
 """)
 
 
-def test_checkpoint_loads_with_remote_code_without_the_package(tmp_path):
-    model = tiny_model(position_embedding_type="sinusoidal")
+@pytest.mark.parametrize("fields", [dict(position_embedding_type="sinusoidal"),
+                                    dict(position_embedding_type="rotary", layer_norm_position="pre",
+                                         nsp_input="segments", use_pooler=True)])
+def test_checkpoint_loads_with_remote_code_without_the_package(tmp_path, fields):
+    model = tiny_model(**fields)
     model.save_pretrained(tmp_path / "saved")
     elsewhere = tmp_path / "elsewhere" / "checkpoint"
     shutil.copytree(tmp_path / "saved", elsewhere)
