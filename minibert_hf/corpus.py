@@ -261,7 +261,7 @@ DEFAULT_CORPUS_INFO = {
 
 def shown_name(path) -> str:
     """How a user's file or folder is named in stats, cards and logs: by its name only. A card is made to be
-    pushed to a public Hub, and ``/home/alice/private/notes.txt`` would tell everyone where Alice keeps her notes."""
+    pushed to a public Hub, and ``/srv/alice/private/notes.txt`` would tell everyone where Alice keeps her notes."""
     return os.path.basename(os.path.normpath(os.fspath(path)))
 
 

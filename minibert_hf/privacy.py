@@ -36,7 +36,7 @@ def redact(text: str, token: str | None = None) -> str:
 
 def local_paths(text: str) -> list[str]:
     """The absolute paths in ``text`` that point into this machine's file system (their top two folders exist
-    here), e.g. ``/home/alice/notes.txt``; ``/abc/def`` that exists nowhere here is not reported."""
+    here), e.g. ``/srv/alice/notes.txt``; ``/abc/def`` that exists nowhere here is not reported."""
     found = []
     for match in _ABSOLUTE_PATH.finditer(text):
         parts = Path(match.group(0)).parts  # ("/", "home", "alice", ...)
