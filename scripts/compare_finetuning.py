@@ -57,7 +57,9 @@ def markdown(rows: list[dict], runs: list[dict], title: str) -> str:
         lines.append(f"| {r['side']} | {r['learning_rate']:g} | {r['seeds']} | {r['accuracy']:.1%} "
                      f"({r['accuracy_min']:.1%}-{r['accuracy_max']:.1%}) | {r['macro_f1']:.3f} |")
     settings = runs[0]["settings"]
-    lines += ["", f"Data: {runs[0]['dataset']} ({runs[0]['num_train']} train, {runs[0]['num_test']} held out); "
+    splits = ", ".join(sorted({f"seed {r['settings']['seed']}: {r['num_train']} train / {r['num_test']} held out"
+                               for r in runs}))  # the seed also draws the split
+    lines += ["", f"Data: {runs[0]['dataset']} ({splits}); "
                   f"{runs[0]['epochs']:.0f} epochs, batch {settings['batch_size']}, dropout {settings['dropout']}, "
                   f"classifier pooling {settings['pooling']}, max length {settings['max_length']}."]
     return "\n".join(lines) + "\n"
