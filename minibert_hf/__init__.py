@@ -12,15 +12,23 @@ from transformers import (
     AutoConfig,
     AutoModel,
     AutoModelForMaskedLM,
+    AutoModelForMultipleChoice,
+    AutoModelForNextSentencePrediction,
     AutoModelForPreTraining,
+    AutoModelForQuestionAnswering,
     AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
 )
 
 from .configuration_minibert import PRESETS, MiniBertConfig
 from .modeling_minibert import (
     MiniBertForMaskedLM,
+    MiniBertForMultipleChoice,
+    MiniBertForNextSentencePrediction,
     MiniBertForPreTraining,
+    MiniBertForQuestionAnswering,
     MiniBertForSequenceClassification,
+    MiniBertForTokenClassification,
     MiniBertModel,
     MiniBertPreTrainedModel,
 )
@@ -33,6 +41,10 @@ for _auto, _model in (
     (AutoModelForPreTraining, MiniBertForPreTraining),
     (AutoModelForMaskedLM, MiniBertForMaskedLM),
     (AutoModelForSequenceClassification, MiniBertForSequenceClassification),
+    (AutoModelForTokenClassification, MiniBertForTokenClassification),
+    (AutoModelForQuestionAnswering, MiniBertForQuestionAnswering),
+    (AutoModelForMultipleChoice, MiniBertForMultipleChoice),
+    (AutoModelForNextSentencePrediction, MiniBertForNextSentencePrediction),
 ):
     _auto.register(MiniBertConfig, _model, exist_ok=True)
     _model.register_for_auto_class(_auto.__name__)
@@ -69,5 +81,9 @@ __all__ = [
     "MiniBertForPreTraining",
     "MiniBertForMaskedLM",
     "MiniBertForSequenceClassification",
+    "MiniBertForTokenClassification",
+    "MiniBertForQuestionAnswering",
+    "MiniBertForMultipleChoice",
+    "MiniBertForNextSentencePrediction",
     *_LAZY,
 ]

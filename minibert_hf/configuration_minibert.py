@@ -38,6 +38,10 @@ AUTO_MAP = {
     "AutoModelForPreTraining": "modeling_minibert.MiniBertForPreTraining",
     "AutoModelForMaskedLM": "modeling_minibert.MiniBertForMaskedLM",
     "AutoModelForSequenceClassification": "modeling_minibert.MiniBertForSequenceClassification",
+    "AutoModelForTokenClassification": "modeling_minibert.MiniBertForTokenClassification",
+    "AutoModelForQuestionAnswering": "modeling_minibert.MiniBertForQuestionAnswering",
+    "AutoModelForMultipleChoice": "modeling_minibert.MiniBertForMultipleChoice",
+    "AutoModelForNextSentencePrediction": "modeling_minibert.MiniBertForNextSentencePrediction",
 }
 
 

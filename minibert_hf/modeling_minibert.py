@@ -21,7 +21,16 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import PreTrainedModel
 from transformers.activations import ACT2FN
-from transformers.modeling_outputs import BaseModelOutputWithPooling, MaskedLMOutput, SequenceClassifierOutput
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    MaskedLMOutput,
+    MultipleChoiceModelOutput,
+    NextSentencePredictorOutput,
+    QuestionAnsweringModelOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
 from transformers.utils import ModelOutput
 
 from .configuration_minibert import MiniBertConfig
@@ -161,11 +170,13 @@ class MiniBertSelfAttention(nn.Module):
         return context, weights
 
 
-class MiniBertLayer(nn.Module):
+class MiniBertLayer(GradientCheckpointingLayer):
     """One encoder block: attention and a feed-forward network, each wrapped in a residual connection.
 
     Post-LN (BERT) normalises after each addition; pre-LN normalises each sublayer's input and leaves the residual
     stream alone, which trains stably at higher learning rates (the model then ends with one more LayerNorm).
+    With ``model.gradient_checkpointing_enable()`` (transformers' mechanism, through the base class) a block keeps
+    only its input during the forward pass and recomputes the rest in the backward pass.
     """
 
     def __init__(self, config):
@@ -212,6 +223,7 @@ class MiniBertPreTrainedModel(PreTrainedModel):
 
     config_class = MiniBertConfig
     base_model_prefix = "minibert"
+    supports_gradient_checkpointing = True
     # Transformers' defaults initialise our layers as BERT does: Linear and Embedding weights ~ N(0,
     # initializer_range), biases 0, the [PAD] embedding 0, LayerNorm weight 1 and bias 0.
 
@@ -328,6 +340,29 @@ class MiniBertSegmentPairHead(nn.Module):
         return self.classifier(torch.tanh(self.dense(torch.cat((a * b, (a - b).abs()), dim=-1))))
 
 
+def make_nsp_head(config):
+    """The NSP head config.nsp_input names: on the two sentences' mean vectors, or a linear layer on [CLS]."""
+    return MiniBertSegmentPairHead(config) if config.nsp_input == "segments" else nn.Linear(config.hidden_size, 2)
+
+
+def next_sentence_logits(nsp_head, encoded, input_ids, token_type_ids=None, attention_mask=None):
+    """(batch, 2) NSP logits from the encoder's output, index 0 = B follows A."""
+    if isinstance(nsp_head, MiniBertSegmentPairHead):
+        return nsp_head(encoded.last_hidden_state,
+                        torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids,
+                        torch.ones_like(input_ids) if attention_mask is None else attention_mask)
+    return nsp_head(encoded.pooler_output)
+
+
+def pool(config, encoded, input_ids, attention_mask=None):
+    """One vector per sequence for a classifier, (batch, hidden): the [CLS] vector (through the pooler when
+    config.use_pooler) or, with config.classifier_pooling = "mean", the mean of the real tokens' vectors."""
+    if config.classifier_pooling == "mean":
+        real = (torch.ones_like(input_ids) if attention_mask is None else attention_mask).unsqueeze(-1).float()
+        return (encoded.last_hidden_state * real).sum(1) / real.sum(1).clamp(min=1)
+    return encoded.pooler_output
+
+
 @dataclass
 class MiniBertForPreTrainingOutput(ModelOutput):
     """The outputs of `BertForPreTraining`, plus the two parts of the loss.
@@ -346,7 +381,7 @@ class MiniBertForPreTrainingOutput(ModelOutput):
 
 
 class MiniBertForPreTraining(MiniBertPreTrainedModel):
-    """The encoder with both pretraining heads: MLM over the vocabulary and NSP on the [CLS] vector."""
+    """The encoder with both pretraining heads: MLM over the vocabulary and NSP (config.nsp_input)."""
 
     _tied_weights_keys = {"lm_head.decoder.weight": "minibert.embeddings.word_embeddings.weight"}
 
@@ -354,10 +389,7 @@ class MiniBertForPreTraining(MiniBertPreTrainedModel):
         super().__init__(config)
         self.minibert = MiniBertModel(config)
         self.lm_head = MiniBertLMHead(config)
-        if config.nsp_input == "segments":
-            self.nsp_head = MiniBertSegmentPairHead(config)
-        else:
-            self.nsp_head = nn.Linear(config.hidden_size, 2)
+        self.nsp_head = make_nsp_head(config)
         self.post_init()
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
@@ -367,12 +399,8 @@ class MiniBertForPreTraining(MiniBertPreTrainedModel):
         encoded = self.minibert(input_ids, attention_mask, token_type_ids, position_ids,
                                 output_attentions, output_hidden_states, return_dict=True)
         sequence_output = encoded.last_hidden_state  # (batch, seq, hidden)
-        if self.config.nsp_input == "segments":
-            seq_relationship_logits = self.nsp_head(
-                sequence_output, torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids,
-                torch.ones_like(input_ids) if attention_mask is None else attention_mask)
-        else:
-            seq_relationship_logits = self.nsp_head(encoded.pooler_output)  # (batch, 2)
+        seq_relationship_logits = next_sentence_logits(self.nsp_head, encoded, input_ids, token_type_ids,
+                                                       attention_mask)  # (batch, 2)
 
         mlm_loss = nsp_loss = None
         if labels is not None:
@@ -399,6 +427,10 @@ class MiniBertForPreTraining(MiniBertPreTrainedModel):
             attentions=encoded.attentions,
         )
         return output if return_dict else output.to_tuple()
+
+
+# The pretraining heads' weights, in a pretraining checkpoint that a fine-tuning model loads without them.
+PRETRAINING_HEADS = [r"^lm_head\.", r"^nsp_head\."]
 
 
 class MiniBertForMaskedLM(MiniBertPreTrainedModel):
@@ -429,7 +461,9 @@ class MiniBertForMaskedLM(MiniBertPreTrainedModel):
 
 class MiniBertForSequenceClassification(MiniBertPreTrainedModel):
     """The encoder with a linear classifier on the [CLS] vector (or, with config.classifier_pooling = "mean", on the
-    mean of the real tokens' vectors), for fine-tuning (config.num_labels classes)."""
+    mean of the real tokens' vectors), for fine-tuning (config.num_labels classes; 1 = regression)."""
+
+    _keys_to_ignore_on_load_unexpected = PRETRAINING_HEADS
 
     def __init__(self, config):
         super().__init__(config)
@@ -444,11 +478,7 @@ class MiniBertForSequenceClassification(MiniBertPreTrainedModel):
         return_dict = self.config.return_dict if return_dict is None else return_dict
         encoded = self.minibert(input_ids, attention_mask, token_type_ids, position_ids,
                                 output_attentions, output_hidden_states, return_dict=True)
-        if self.config.classifier_pooling == "mean":
-            real = (torch.ones_like(input_ids) if attention_mask is None else attention_mask).unsqueeze(-1).float()
-            pooled = (encoded.last_hidden_state * real).sum(1) / real.sum(1).clamp(min=1)  # (batch, hidden)
-        else:
-            pooled = encoded.pooler_output
+        pooled = pool(self.config, encoded, input_ids, attention_mask)  # (batch, hidden)
         logits = self.classifier(self.dropout(pooled))  # (batch, num_labels)
         loss = None
         if labels is not None:
@@ -458,4 +488,120 @@ class MiniBertForSequenceClassification(MiniBertPreTrainedModel):
                 loss = F.cross_entropy(logits.float(), labels.view(-1))
         output = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=encoded.hidden_states,
                                           attentions=encoded.attentions)
+        return output if return_dict else output.to_tuple()
+
+
+class MiniBertForTokenClassification(MiniBertPreTrainedModel):
+    """The encoder with a linear classifier on every token (named-entity tagging; config.num_labels tags).
+    Labels (batch, seq): a tag id, or -100 where there is nothing to predict (sub-words after the first, padding)."""
+
+    _keys_to_ignore_on_load_unexpected = PRETRAINING_HEADS
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.minibert = MiniBertModel(config)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        encoded = self.minibert(input_ids, attention_mask, token_type_ids, position_ids,
+                                output_attentions, output_hidden_states, return_dict=True)
+        logits = self.classifier(self.dropout(encoded.last_hidden_state))  # (batch, seq, num_labels)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(logits.flatten(0, 1).float(), labels.flatten(), ignore_index=-100)
+        output = TokenClassifierOutput(loss=loss, logits=logits, hidden_states=encoded.hidden_states,
+                                       attentions=encoded.attentions)
+        return output if return_dict else output.to_tuple()
+
+
+class MiniBertForQuestionAnswering(MiniBertPreTrainedModel):
+    """Extractive question answering: a start and an end score for every token of "[CLS] question [SEP] context
+    [SEP]". The loss is the mean of the start and end cross-entropies; positions outside the sequence are ignored."""
+
+    _keys_to_ignore_on_load_unexpected = PRETRAINING_HEADS
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.minibert = MiniBertModel(config)
+        self.qa_outputs = nn.Linear(config.hidden_size, 2)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
+                start_positions=None, end_positions=None, output_attentions=None, output_hidden_states=None,
+                return_dict=None, **kwargs):
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        encoded = self.minibert(input_ids, attention_mask, token_type_ids, position_ids,
+                                output_attentions, output_hidden_states, return_dict=True)
+        start_logits, end_logits = self.qa_outputs(encoded.last_hidden_state).unbind(-1)  # each (batch, seq)
+        loss = None
+        if start_positions is not None and end_positions is not None:
+            seq = start_logits.shape[1]  # as in BERT: an answer cut off by truncation points past the end, ignored
+            start = start_positions.view(-1).clamp(0, seq)
+            end = end_positions.view(-1).clamp(0, seq)
+            loss = (F.cross_entropy(start_logits.float(), start, ignore_index=seq)
+                    + F.cross_entropy(end_logits.float(), end, ignore_index=seq)) / 2
+        output = QuestionAnsweringModelOutput(loss=loss, start_logits=start_logits, end_logits=end_logits,
+                                              hidden_states=encoded.hidden_states, attentions=encoded.attentions)
+        return output if return_dict else output.to_tuple()
+
+
+class MiniBertForMultipleChoice(MiniBertPreTrainedModel):
+    """Multiple choice: inputs (batch, choices, seq), each choice encoded on its own and pooled as for sequence
+    classification, one score per choice; labels (batch,) the index of the right choice."""
+
+    _keys_to_ignore_on_load_unexpected = PRETRAINING_HEADS
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.minibert = MiniBertModel(config)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, 1)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        num_choices = input_ids.shape[1]
+
+        def flat(x):  # (batch, choices, seq) -> (batch * choices, seq)
+            return None if x is None else x.flatten(0, 1)
+
+        input_ids, attention_mask, token_type_ids = flat(input_ids), flat(attention_mask), flat(token_type_ids)
+        position_ids = position_ids if position_ids is None or position_ids.dim() < 3 else flat(position_ids)
+        encoded = self.minibert(input_ids, attention_mask, token_type_ids, position_ids,
+                                output_attentions, output_hidden_states, return_dict=True)
+        pooled = pool(self.config, encoded, input_ids, attention_mask)  # (batch * choices, hidden)
+        logits = self.classifier(self.dropout(pooled)).view(-1, num_choices)  # (batch, choices)
+        loss = None if labels is None else F.cross_entropy(logits.float(), labels.view(-1))
+        output = MultipleChoiceModelOutput(loss=loss, logits=logits, hidden_states=encoded.hidden_states,
+                                           attentions=encoded.attentions)
+        return output if return_dict else output.to_tuple()
+
+
+class MiniBertForNextSentencePrediction(MiniBertPreTrainedModel):
+    """The encoder with the NSP head alone (the pretraining checkpoint's own); labels (batch,): 0 = B follows A."""
+
+    _keys_to_ignore_on_load_unexpected = [r"^lm_head\."]
+
+    def __init__(self, config):
+        super().__init__(config)
+        self.minibert = MiniBertModel(config)
+        self.nsp_head = make_nsp_head(config)
+        self.post_init()
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
+                output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
+        return_dict = self.config.return_dict if return_dict is None else return_dict
+        encoded = self.minibert(input_ids, attention_mask, token_type_ids, position_ids,
+                                output_attentions, output_hidden_states, return_dict=True)
+        logits = next_sentence_logits(self.nsp_head, encoded, input_ids, token_type_ids, attention_mask)
+        loss = None if labels is None else F.cross_entropy(logits.float(), labels.view(-1))
+        output = NextSentencePredictorOutput(loss=loss, logits=logits, hidden_states=encoded.hidden_states,
+                                             attentions=encoded.attentions)
         return output if return_dict else output.to_tuple()

@@ -323,6 +323,10 @@ def test_save_pretrained_folder(tmp_path):
         "AutoModelForPreTraining": "modeling_minibert.MiniBertForPreTraining",
         "AutoModelForMaskedLM": "modeling_minibert.MiniBertForMaskedLM",
         "AutoModelForSequenceClassification": "modeling_minibert.MiniBertForSequenceClassification",
+        "AutoModelForTokenClassification": "modeling_minibert.MiniBertForTokenClassification",
+        "AutoModelForQuestionAnswering": "modeling_minibert.MiniBertForQuestionAnswering",
+        "AutoModelForMultipleChoice": "modeling_minibert.MiniBertForMultipleChoice",
+        "AutoModelForNextSentencePrediction": "modeling_minibert.MiniBertForNextSentencePrediction",
     }
     # The tied decoder is stored once.
     assert "lm_head.decoder.weight" not in load_file(tmp_path / "model.safetensors")
