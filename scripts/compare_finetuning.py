@@ -88,7 +88,8 @@ def main(argv=None) -> int:
 
     from minibert_hf.atomic import write_text
     from minibert_hf.errors import MiniBertInputError
-    from minibert_hf.finetuning import check_options, finetune, load_csv_dataset, load_rotten_tomatoes
+    from minibert_hf.finetuning import check_options, finetune
+    from minibert_hf.finetuning_data import load_csv_dataset, load_rotten_tomatoes
     from minibert_hf.model_folder import check_model_folder
 
     runs = []

