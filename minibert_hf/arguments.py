@@ -39,6 +39,8 @@ class PretrainingArguments:
                                                      "--mlm-probability at the first step to this at the last")
     vocab_size: int = option(8192, "vocabulary of the default corpus's tokenizer (default corpus only)")
     max_seq_length: int = option(128, "row length of the default corpus (default corpus only)")
+    dupe_factor: int = option(1, "passes over the default corpus's training documents, each with new NSP pairs "
+                                 "and cut points (default corpus only; BERT used 10)")
     num_workers: int = option(0, "DataLoader worker processes")
     # model
     preset: str = option("mini", "model size: tiny, baby, mini or small")
@@ -98,7 +100,7 @@ class PretrainingArguments:
             self.model_config()  # a bad --config-overrides fails here, before any data is read
         else:
             need(not self.config_overrides, "--config-overrides applies to a fresh preset, not to --init-from")
-        for name in ("epochs", "batch_size", "gradient_accumulation_steps"):
+        for name in ("epochs", "batch_size", "gradient_accumulation_steps", "dupe_factor"):
             value = getattr(self, name)
             need(isinstance(value, int) and value >= 1, f"--{name.replace('_', '-')} must be at least 1, got {value}")
         for name in ("logging_steps", "eval_steps", "checkpointing_steps", "num_workers"):

@@ -213,7 +213,7 @@ def process_window(job) -> tuple[str, dict]:
     pool = [i for i, d in enumerate(pool_docs) if d]
 
     rows, meta = [], []
-    for _ in range(options.dupe_factor):
+    for _ in range(options.dupe_factor if split == "train" else 1):  # held-out pairs are made once
         for d in range(len(ids_docs)):
             if not ids_docs[d]:
                 continue

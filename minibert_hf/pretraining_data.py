@@ -42,7 +42,7 @@ class PreparationOptions:
         "help": "fraction of the documents held out for test.csv (split by document)"})
     seed: int = dataclasses.field(default=42, metadata={"help": "seed of pairs, masks and the split"})
     dupe_factor: int = dataclasses.field(default=1, metadata={
-        "help": "write each document's pairs K times, with other pairings and masks"})
+        "help": "write each training document's pairs K times, with other pairings and masks (test.csv: once)"})
     short_seq_prob: float = dataclasses.field(default=0.1, metadata={
         "help": "probability that a pair aims at a random shorter length (BERT's short_seq_prob)"})
     window: int = dataclasses.field(default=1000, metadata={

@@ -229,7 +229,8 @@ def load_data(args) -> dict:
     if not train_files:
         from .pretraining_data import prepare_default_data
 
-        data_dir = prepare_default_data(vocab_size=args.vocab_size, max_seq_length=args.max_seq_length)
+        data_dir = prepare_default_data(vocab_size=args.vocab_size, max_seq_length=args.max_seq_length,
+                                        dupe_factor=args.dupe_factor)
         train_files, test_files = [str(data_dir / "train.csv")], [str(data_dir / "test.csv")]
     else:
         data_dir = Path(train_files[0]).parent

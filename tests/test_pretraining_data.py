@@ -165,15 +165,18 @@ def test_split_is_by_document_and_stats(prepared):
     assert not any(p.name.startswith(".tmp-") for p in out.iterdir())
 
 
-def test_dupe_factor_gives_different_masks_and_pairings(tmp_path, tokenizer):
+def test_dupe_factor_gives_different_masks_and_pairings_to_the_training_split_only(tmp_path, tokenizer):
     docs = generated_documents(60, seed=3)
     one = prepare_pretraining_data(tmp_path / "one", documents=docs, tokenizer=tokenizer, max_seq_length=MAX_LEN,
-                                   test_size=0.0, dupe_factor=1, show_progress=False, num_workers=0)
+                                   test_size=0.2, dupe_factor=1, show_progress=False, num_workers=0)
     two = prepare_pretraining_data(tmp_path / "two", documents=docs, tokenizer=tokenizer, max_seq_length=MAX_LEN,
-                                   test_size=0.0, dupe_factor=2, show_progress=False, num_workers=0)
-    assert 1.6 * one["pairs"] <= two["pairs"] <= 2.4 * one["pairs"]
+                                   test_size=0.2, dupe_factor=2, show_progress=False, num_workers=0)
+    assert 1.6 * one["pairs_train"] <= two["pairs_train"] <= 2.4 * one["pairs_train"]
     rows = read_rows(tmp_path / "two" / "train.csv")
     assert len({json.dumps(r["input"]) for r in rows}) > 0.9 * len(rows)
+    # The held-out pairs are made once: the same test set whatever the training split's dupe factor.
+    assert one["pairs_test"] == two["pairs_test"] > 0
+    assert (tmp_path / "one" / "test.csv").read_bytes() == (tmp_path / "two" / "test.csv").read_bytes()
 
 
 def test_same_seed_gives_byte_identical_csvs_any_worker_count(tmp_path, tokenizer):

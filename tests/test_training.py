@@ -425,22 +425,28 @@ def test_no_data_prepares_the_default_corpus_once_per_preparation_code(data, tmp
     calls = []
 
     def fake_prepare(folder, options):  # the fixture data stands in for the downloaded corpus
-        calls.append((options.vocab_size, options.max_seq_length))
+        calls.append((options.vocab_size, options.max_seq_length, options.dupe_factor))
         shutil.rmtree(folder)
         shutil.copytree(data, folder)
 
     monkeypatch.setattr(pretraining_data, "prepare_pretraining_data", fake_prepare)
     result = train(args_for(data, tmp_path / "run", train_file=None, test_file=None, tokenizer=None, max_steps=2))
     fingerprint = pretraining_data.preparation_fingerprint()
-    assert len(fingerprint) == 10 and result["step"] == 2 and calls == [(8192, 128)]
+    assert len(fingerprint) == 10 and result["step"] == 2 and calls == [(8192, 128, 1)]
     assert [p.name for p in cache.iterdir()] == [f"pretraining-default-vocab8192-len128-{fingerprint}"]
 
     prepare = pretraining_data.prepare_default_data
     assert prepare(vocab_size=8192, max_seq_length=128).name.endswith(fingerprint) and len(calls) == 1  # reused
 
+    # --dupe-factor (make pretrain's 3): its own preparation, in its own folder
+    train(args_for(data, tmp_path / "run3", train_file=None, test_file=None, tokenizer=None, max_steps=1,
+                   dupe_factor=3))
+    assert calls[-1] == (8192, 128, 3)
+    assert (cache / f"pretraining-default-vocab8192-len128-dupe_factor3-{fingerprint}").is_dir()
+
     monkeypatch.setattr(pretraining_data, "preparation_fingerprint", lambda: "0123456789")  # other preparation code
     assert prepare(vocab_size=8192, max_seq_length=128).name == "pretraining-default-vocab8192-len128-0123456789"
-    assert len(calls) == 2 and len(list(cache.iterdir())) == 2  # the other version's folder is left alone
+    assert len(calls) == 3 and len(list(cache.iterdir())) == 3  # the other version's folder is left alone
 
 
 def test_unwritable_output_dir_fails_before_training(data, tmp_path):
