@@ -354,6 +354,11 @@ def next_sentence_logits(nsp_head, encoded, input_ids, token_type_ids=None, atte
     return nsp_head(encoded.pooler_output)
 
 
+def classifier_dropout(config):
+    """The dropout before a fine-tuning head: config.classifier_dropout, or the hidden dropout when unset."""
+    return config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+
+
 def pool(config, encoded, input_ids, attention_mask=None):
     """One vector per sequence for a classifier, (batch, hidden): the [CLS] vector (through the pooler when
     config.use_pooler) or, with config.classifier_pooling = "mean", the mean of the real tokens' vectors."""
@@ -468,8 +473,7 @@ class MiniBertForSequenceClassification(MiniBertPreTrainedModel):
     def __init__(self, config):
         super().__init__(config)
         self.minibert = MiniBertModel(config)
-        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(classifier_dropout(config))
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
@@ -500,8 +504,7 @@ class MiniBertForTokenClassification(MiniBertPreTrainedModel):
     def __init__(self, config):
         super().__init__(config)
         self.minibert = MiniBertModel(config)
-        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(classifier_dropout(config))
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
@@ -559,8 +562,7 @@ class MiniBertForMultipleChoice(MiniBertPreTrainedModel):
     def __init__(self, config):
         super().__init__(config)
         self.minibert = MiniBertModel(config)
-        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(classifier_dropout(config))
         self.classifier = nn.Linear(config.hidden_size, 1)
         self.post_init()
 

@@ -26,3 +26,22 @@ def torch_load_flags(monkeypatch):
 
     monkeypatch.setattr(torch, "load", recording_load)
     return flags
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models on a shared 2-core machine: one torch thread avoids oversubscription; restored afterwards."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def trained():
+    """The tiny model trained on test_inference's STORY (built once per process; copy it before changing it)."""
+    from test_inference import trained_model_folder
+
+    return trained_model_folder()

@@ -7,7 +7,6 @@ import bz2
 import csv
 import io
 import json
-import shutil
 import statistics
 import sys
 import zipfile
@@ -21,7 +20,7 @@ from minibert_hf.finetuning import accuracy_and_macro_f1, finetune, load_for_tas
 from minibert_hf.finetuning_data import Example, load_csv_dataset, load_rotten_tomatoes, split_examples
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_inference import _broken_folders, load_script, run_script, trained_model_folder  # noqa: E402
+from test_inference import _broken_folders, load_script, run_script  # noqa: E402
 
 # A two-topic task in the test model's vocabulary: indoor animals (label 1) against weather (label 0).
 INDOOR = ["the cat sat on the mat .", "the dog slept by the door .", "the cat slept on the mat .",
@@ -45,17 +44,7 @@ def write_topic_csv(path: Path, with_split: bool = True) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def trained() -> Path:
-    return trained_model_folder()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------------ data

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import socket
-import subprocess
 import sys
 import threading
 from argparse import Namespace
@@ -24,7 +23,7 @@ from minibert_hf.hub import push_to_hub, shareable_files
 from minibert_hf.model_card import write_model_card
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_inference import ROOT, assert_one_line_error, run_script, trained_model_folder  # noqa: E402
+from test_inference import ROOT, assert_one_line_error, run_script  # noqa: E402
 
 FAKE_TOKEN = "hf_FakeTokenForTests0123456789abcdef"
 
@@ -44,11 +43,6 @@ METRICS_LINES = [
      "eval_mlm_accuracy": 0.2468, "eval_nsp_accuracy": 0.6137, "eval_perplexity": 187.67},
     {"step": 210, "epoch": 2.1, "loss": 5.9, "learning_rate": 1e-5},
 ]
-
-
-@pytest.fixture(scope="module")
-def trained() -> Path:
-    return trained_model_folder()
 
 
 def _write_png(path: Path) -> Path:

@@ -16,7 +16,7 @@ from minibert_hf.finetuning import encode, entity_scores, entity_spans, finetune
 from minibert_hf.finetuning_data import TaggedSentence, load_conll, load_conll2003, load_tagged_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_inference import load_script, run_script, story_tokenizer, trained_model_folder  # noqa: E402
+from test_inference import load_script, run_script, story_tokenizer  # noqa: E402
 
 # Sentences in the test model's vocabulary; animals are ANIMAL entities and places (one or two words) PLACE ones.
 TAGGED = [
@@ -48,17 +48,7 @@ def write_conll(path: Path, documents: int = 6) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def trained() -> Path:
-    return trained_model_folder()
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ------------------------------------------------------------------------------------------------ data
