@@ -321,7 +321,7 @@ def finetune(
         epochs=trainer.state.global_step / steps_per_epoch, best_epoch=best["epoch"] if best else None,
         train_seconds=round(seconds, 2), model=str(model_name_or_path), from_scratch=from_scratch,
         dataset=data.source,
-        settings=dict(batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
+        settings=dict(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
                       warmup_fraction=warmup_fraction, max_length=max_length, seed=seed, max_steps=max_steps,
                       dropout=model.config.hidden_dropout_prob, pooling=model.config.classifier_pooling,
                       validation_fraction=validation_fraction),

@@ -344,3 +344,23 @@ def load_tagged_dataset(folder, test_fraction: float = 0.2, seed: int = 0) -> To
         train, test = split_examples(sentences["train"], test_fraction=test_fraction, seed=seed)
     return TokenClassificationData(train, test, names, f"{folder.name} (datasets folder)",
                                    validation=sentences.get(validation_split))
+
+
+# ----------------------------------------------------------------------------------------- by name
+
+DEFAULT_DATASETS = {"sequence-classification": "rotten_tomatoes", "token-classification": "conll2003"}
+
+
+def load_task_data(task: str, dataset: str | None = None, test_fraction: float = 0.2, seed: int = 0):
+    """The data a command line names: ``dataset`` None (the task's real default set: Rotten Tomatoes or
+    CoNLL-2003), a CSV of texts, a CoNLL-style file, or a ``datasets`` folder of tagged sentences."""
+    dataset = dataset or DEFAULT_DATASETS[task]
+    if task == "token-classification":
+        if dataset == "conll2003":
+            return load_conll2003()
+        if Path(dataset).is_dir():
+            return load_tagged_dataset(dataset, test_fraction=test_fraction, seed=seed)
+        return load_conll(dataset, test_fraction=test_fraction, seed=seed)
+    if dataset == "rotten_tomatoes":
+        return load_rotten_tomatoes(test_fraction=test_fraction, seed=seed)
+    return load_csv_dataset(dataset, test_fraction=test_fraction, seed=seed)

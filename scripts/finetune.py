@@ -80,8 +80,7 @@ def main(argv=None) -> int:
 
     from minibert_hf.errors import HubError
     from minibert_hf.finetuning import finetune
-    from minibert_hf.finetuning_data import (load_conll, load_conll2003, load_csv_dataset, load_rotten_tomatoes,
-                                             load_tagged_dataset)
+    from minibert_hf.finetuning_data import DEFAULT_DATASETS, load_task_data
     from minibert_hf.model_folder import check_model_folder
 
     hf_logging.disable_progress_bar()
@@ -95,18 +94,8 @@ def main(argv=None) -> int:
     if os.path.exists(args.model):  # a bad local folder is reported before any data is fetched
         check_model_folder(args.model)
     tagging = args.task == "token-classification"
-    tag = args.dataset or ("conll2003" if tagging else "rotten_tomatoes")
-    if tag == "rotten_tomatoes" and not tagging:
-        data = load_rotten_tomatoes(test_fraction=args.test_fraction, seed=args.seed)
-    elif tag == "conll2003" and tagging:
-        data = load_conll2003()
-    elif tagging and os.path.isdir(args.dataset):
-        data = load_tagged_dataset(args.dataset, test_fraction=args.test_fraction, seed=args.seed)
-    elif tagging:
-        data = load_conll(args.dataset, test_fraction=args.test_fraction, seed=args.seed)
-    else:
-        data = load_csv_dataset(args.dataset, test_fraction=args.test_fraction, seed=args.seed)
-    tag = os.path.splitext(os.path.basename(os.path.normpath(tag)))[0]
+    data = load_task_data(args.task, args.dataset, test_fraction=args.test_fraction, seed=args.seed)
+    tag = os.path.splitext(os.path.basename(os.path.normpath(args.dataset or DEFAULT_DATASETS[args.task])))[0]
     output_dir = args.output_dir or os.path.join("outputs", f"finetune-{tag}" + ("-scratch" if args.from_scratch else ""))
     validation = f"{len(data.validation)} validation, " if data.validation else ""
     print(f"data: {data.source}: {len(data.train)} train, {validation}{len(data.test)} held-out, labels "

@@ -233,3 +233,18 @@ def test_finetune_cli_token_classification_bad_input(trained, tmp_path, capsys, 
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and fragment in err[0], err
     assert not (tmp_path / "out").exists()
+
+
+def test_compare_finetuning_ranks_token_classification_by_entity_f1(trained, tmp_path, capsys):
+    path = write_conll(tmp_path / "tags.conll", documents=8)
+    runs_path = tmp_path / "runs.json"
+    code = load_script("compare_finetuning").main(
+        ["--model", str(trained), "--task", "token-classification", "--dataset", str(path), "--learning-rates",
+         "3e-3", "--seeds", "0", "--epochs", "2", "--batch-size", "8", "--results-json", str(runs_path)])
+    assert code == 0
+    runs = json.loads(runs_path.read_text())
+    assert [r["side"] for r in runs] == ["pretrained", "from scratch"]
+    table = capsys.readouterr().out
+    assert "Fine-tuning (token classification)" in table and "held-out entity F1" in table
+    for run in runs:
+        assert f"| {run['side']} | 0.003 | **{run['f1']:.1%}**" in table
