@@ -565,4 +565,19 @@ def test_a_time_budget_schedules_by_elapsed_time_and_stops_on_time(data, tmp_pat
     # after step s the clock reads 6 s: progress s/5 (far ahead of s/1000 by steps); warm-up to 0.2, then decay
     assert logged == pytest.approx({1: 1e-3, 2: 7.5e-4, 3: 5e-4, 4: 2.5e-4, 5: 0.0})
     state = json.loads((out / "checkpoints" / "step-4" / "training_state.json").read_text())
-    assert state["step"] == 4 and state["elapsed_seconds"] > 0
+    assert state["step"] == 4 and state["elapsed_seconds"] == 24.0  # 4 steps of 6 s
+
+    # Interrupted after the step-4 checkpoint, resumed: the clock goes on from the checkpoint's 24 s, so one more
+    # step (30 s) ends the budget, at the straight run's step and weights.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed, ignore=shutil.ignore_patterns("final", "epoch-*", "step-5*"))
+    ticks = iter(range(1000, 10_000, 6))  # a new process: another clock origin
+    result = train(args_for(data, resumed, max_steps=1000, max_train_minutes=0.5, warmup_ratio=0.2,
+                            learning_rate=1e-3, checkpointing_steps=2, resume_from_checkpoint="latest"))
+    assert result["step"] == 5
+    logged = [r["step"] for r in read_metrics(resumed) if "learning_rate" in r]
+    assert logged == [1, 2, 3, 4, 5]  # steps 1-4 from before the interruption, 5 after it: none trained twice
+    assert read_metrics(resumed)[-1]["step"] == 5
+    straight, again = (load_file(folder / "final" / "model.safetensors") for folder in (out, resumed))
+    for name, tensor in straight.items():
+        assert torch.equal(tensor, again[name]), name
