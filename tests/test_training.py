@@ -581,3 +581,25 @@ def test_a_time_budget_schedules_by_elapsed_time_and_stops_on_time(data, tmp_pat
     straight, again = (load_file(folder / "final" / "model.safetensors") for folder in (out, resumed))
     for name, tensor in straight.items():
         assert torch.equal(tensor, again[name]), name
+
+
+def test_init_from_starts_from_the_folders_weights(data, tmp_path, monkeypatch):
+    """--init-from: the weights at the first training forward are the folder's, every tensor of it."""
+    from minibert_hf.modeling_minibert import MiniBertForPreTraining
+
+    first = tmp_path / "first"
+    train(args_for(data, first, max_steps=3))
+    seen = {}
+    real_forward = MiniBertForPreTraining.forward
+
+    def recording_forward(self, *args, **kwargs):
+        if not seen and self.training:
+            seen.update({name: tensor.detach().clone() for name, tensor in self.state_dict().items()})
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(MiniBertForPreTraining, "forward", recording_forward)
+    train(args_for(data, tmp_path / "second", max_steps=1, init_from=str(first / "final")))
+    saved = load_file(first / "final" / "model.safetensors")
+    assert saved.keys() <= seen.keys()
+    for name, tensor in saved.items():
+        assert torch.equal(seen[name], tensor), name
