@@ -24,9 +24,9 @@ test: $(STAMP)
 # The schedule tuned for about ten minutes on 2 CPU cores (README, "What make pretrain gives").
 pretrain: $(STAMP)
 	$(BIN)/accelerate launch --config_file configs/cpu.yaml scripts/pretrain.py --preset mini \
-		--output-dir $(OUTPUT) --overwrite-output-dir --max-steps 2400 --batch-size 16 --learning-rate 2e-3 \
-		--warmup-ratio 0.06 --adam-beta2 0.98 --masking dynamic --mlm-probability 0.3 --mlm-probability-end 0.15 \
-		--eval-steps 300 --checkpointing-steps 600
+		--output-dir $(OUTPUT) --overwrite-output-dir --dupe-factor 3 --max-steps 3300 --batch-size 16 \
+		--learning-rate 2e-3 --warmup-ratio 0.06 --adam-beta2 0.98 --masking dynamic --mlm-probability 0.3 \
+		--mlm-probability-end 0.15 --eval-steps 825 --checkpointing-steps 1100
 
 clean:
 	rm -rf $(VENV) outputs
