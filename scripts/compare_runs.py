@@ -6,7 +6,7 @@
 
 Each folder is a `pretrain.py --output-dir` (its metrics.jsonl is read; a run stopped early counts with the evals it
 has). The plot puts the epoch (training pairs seen / training pairs) on the x axis, so runs with different batch
-sizes line up by the data they have seen. Exit codes: 0 done, 2 a folder without eval records (one line on stderr).
+sizes line up by the data they have seen; ``--x-axis step`` puts optimizer steps there instead. Exit codes: 0 done, 2 a folder without eval records (one line on stderr).
 """
 
 from __future__ import annotations
@@ -23,16 +23,18 @@ from minibert_hf.metrics_log import eval_records, save_figure  # noqa: E402
 
 
 def markdown_table(runs: list[tuple[str, list[dict]]]) -> str:
-    lines = ["| run | steps | epochs | MLM accuracy | NSP accuracy | MLM loss | perplexity |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| run | steps | epochs | MLM accuracy | at [MASK] | NSP accuracy | MLM loss | perplexity |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for label, evals in runs:
         last = evals[-1]
+        at_mask = last.get("eval_mlm_accuracy_at_mask")  # runs older than the metric have none
         lines.append(f"| {label} | {last['step']} | {last['epoch']:.2f} | {last['eval_mlm_accuracy']:.1%} | "
-                     f"{last['eval_nsp_accuracy']:.1%} | {last['eval_mlm_loss']:.3f} | {last['eval_perplexity']:.0f} |")
+                     f"{'' if at_mask is None else f'{at_mask:.1%}'} | {last['eval_nsp_accuracy']:.1%} | "
+                     f"{last['eval_mlm_loss']:.3f} | {last['eval_perplexity']:.0f} |")
     return "\n".join(lines) + "\n"
 
 
-def plot(runs: list[tuple[str, list[dict]]], png: Path) -> None:
+def plot(runs: list[tuple[str, list[dict]]], png: Path, x_axis: str = "epoch") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -44,9 +46,10 @@ def plot(runs: list[tuple[str, list[dict]]], png: Path) -> None:
     for axis, (key, title) in zip(axes, panels):
         for number, (label, evals) in enumerate(runs):
             style = ("-", "--", ":")[number // 10 % 3]  # the colour cycle has 10 colours
-            axis.plot([r["epoch"] for r in evals], [r[key] for r in evals], marker="o", linestyle=style,
+            axis.plot([r[x_axis] for r in evals], [r[key] for r in evals], marker="o", linestyle=style,
                       markersize=3, label=label)
-        axis.set(xlabel="epochs (training pairs seen / pairs)", title=f"held-out {title}")
+        xlabel = "epochs (training pairs seen / pairs)" if x_axis == "epoch" else "optimizer steps"
+        axis.set(xlabel=xlabel, title=f"held-out {title}")
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
@@ -59,6 +62,9 @@ def main(argv=None) -> int:
     parser.add_argument("--labels", nargs="+", help="one name per run (default: the folder names)")
     parser.add_argument("--png", type=Path, help="write the accuracy/loss curves here")
     parser.add_argument("--markdown", type=Path, help="write the table here (it is always printed)")
+    parser.add_argument("--x-axis", choices=("epoch", "step"), default="epoch",
+                        help="what the plot's x axis counts: epochs (runs of other batch sizes line up by data "
+                             "seen) or steps (runs whose training files differ in size line up)")
     args = parser.parse_args(argv)
     labels = args.labels or [folder.name for folder in args.runs]
     if len(labels) != len(args.runs):
@@ -69,7 +75,7 @@ def main(argv=None) -> int:
     if args.markdown:
         write_text(args.markdown, table)
     if args.png:
-        plot(runs, args.png)
+        plot(runs, args.png, args.x_axis)
     return 0
 
 

@@ -16,7 +16,7 @@ compare_runs = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(compare_runs)
 
 
-def write_run(folder: Path, evals, train_lines=2):
+def write_run(folder: Path, evals, train_lines=2, at_mask=False):
     """A metrics.jsonl as pretrain.py writes it: train records between eval records."""
     folder.mkdir(parents=True)
     lines = []
@@ -25,6 +25,7 @@ def write_run(folder: Path, evals, train_lines=2):
             lines.append({"step": step, "epoch": step / 100, "train_loss": 7.0, "tokens_per_second": 1000.0})
         lines.append({"step": step, "epoch": step / 100, "eval_loss": 7.0, "eval_mlm_loss": 6.0 - mlm,
                       "eval_nsp_loss": 0.69, "eval_mlm_accuracy": mlm, "eval_nsp_accuracy": nsp,
+                      **({"eval_mlm_accuracy_at_mask": 0.8 * mlm} if at_mask else {}),
                       "eval_perplexity": 400.0 - 100 * mlm})
     (folder / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     return folder
@@ -44,21 +45,21 @@ def run(capsys):
 def test_script_runs_as_a_program(tmp_path):
     a = write_run(tmp_path / "a", [(50, 0.10, 0.52)])
     proc = subprocess.run([sys.executable, str(SCRIPT), str(a)], capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0 and "| a | 50 | 0.50 | 10.0% | 52.0% |" in proc.stdout
+    assert proc.returncode == 0 and "| a | 50 | 0.50 | 10.0% |  | 52.0% |" in proc.stdout  # no at-[MASK] metric
 
 
 def test_table_and_plot_of_two_runs(tmp_path, run):
-    a = write_run(tmp_path / "a", [(50, 0.10, 0.52), (100, 0.15, 0.61)])
+    a = write_run(tmp_path / "a", [(50, 0.10, 0.52), (100, 0.15, 0.61)], at_mask=True)
     b = write_run(tmp_path / "b", [(50, 0.12, 0.50), (75, 0.20, 0.72)])  # stopped early: its last eval counts
     proc = run(a, b, "--labels", "lr 1e-3", "lr 2e-3", "--png", tmp_path / "out" / "runs.png",
-               "--markdown", tmp_path / "out" / "runs.md")
+               "--markdown", tmp_path / "out" / "runs.md", "--x-axis", "step")
     assert proc.returncode == 0, proc.stderr
     table = (tmp_path / "out" / "runs.md").read_text()
     assert proc.stdout == table
     rows = table.splitlines()
-    assert rows[0].startswith("| run | steps | epochs | MLM accuracy | NSP accuracy")
-    assert rows[2] == "| lr 1e-3 | 100 | 1.00 | 15.0% | 61.0% | 5.850 | 385 |"
-    assert rows[3] == "| lr 2e-3 | 75 | 0.75 | 20.0% | 72.0% | 5.800 | 380 |"
+    assert rows[0].startswith("| run | steps | epochs | MLM accuracy | at [MASK] | NSP accuracy")
+    assert rows[2] == "| lr 1e-3 | 100 | 1.00 | 15.0% | 12.0% | 61.0% | 5.850 | 385 |"
+    assert rows[3] == "| lr 2e-3 | 75 | 0.75 | 20.0% |  | 72.0% | 5.800 | 380 |"  # a run without the metric
     assert (tmp_path / "out" / "runs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list((tmp_path / "out").glob(".*"))  # no temporary file left
 
