@@ -603,3 +603,21 @@ def test_init_from_starts_from_the_folders_weights(data, tmp_path, monkeypatch):
     assert saved.keys() <= seen.keys()
     for name, tensor in saved.items():
         assert torch.equal(seen[name], tensor), name
+
+
+def test_a_second_run_into_a_run_folder_is_refused_and_overwrite_removes_only_that_run(data, tmp_path):
+    out = tmp_path / "run"
+    train(args_for(data, out, epochs=1, checkpointing_steps=2))  # 4 steps: checkpoints 2 and 4, epoch-1, final
+    assert {p.name for p in (out / "checkpoints").iterdir()} == {"step-2", "step-4"} and (out / "epoch-1").is_dir()
+    (out / "notes.txt").write_text("mine")
+    (out / "my-data").mkdir()
+    (out / "my-data" / "rows.csv").write_text("a,b\n")
+    with pytest.raises(UserError) as error:
+        train(args_for(data, out, max_steps=1))
+    assert "already holds a run" in str(error.value) and "--overwrite-output-dir" in str(error.value)
+    assert "\n" not in str(error.value) and (out / "checkpoints" / "step-4").is_dir()  # refused: nothing touched
+
+    train(args_for(data, out, max_steps=1, checkpointing_steps=0, overwrite_output_dir=True))
+    assert not (out / "checkpoints").exists() and not (out / "epoch-1").exists()  # the previous run's folders
+    assert (out / "final").is_dir() and [r["step"] for r in read_metrics(out)] == [1, 1]  # the new run only
+    assert (out / "notes.txt").read_text() == "mine" and (out / "my-data" / "rows.csv").is_file()  # not the run's
