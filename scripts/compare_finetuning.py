@@ -34,6 +34,10 @@ def headline(runs: list[dict]) -> str:
     return "f1" if runs[0].get("task") == "token-classification" else "accuracy"
 
 
+def seeds_text(count: int) -> str:
+    return "one seed" if count == 1 else f"mean of {count} seeds"
+
+
 def summarise(runs: list[dict]) -> list[dict]:
     """Per side and learning rate: mean, min and max of the headline score over the seeds, and the other scores'
     means."""
@@ -61,7 +65,7 @@ def markdown(rows: list[dict], runs: list[dict], title: str) -> str:
                      f"{r['score_max']:.1%}) | {r['second']:.3f} |")
     gap = best["pretrained"]["score"] - best["from scratch"]["score"]
     lines += ["", f"Pretrained minus from scratch, each at its best learning rate: **{100 * gap:+.1f} points** "
-                  f"(mean of {best['pretrained']['seeds']} seeds).", "", "Every setting:", "",
+                  f"({seeds_text(best['pretrained']['seeds'])}).", "", "Every setting:", "",
               f"| model | learning rate | seeds | {name} mean (min-max) | {second} |", "|---|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['side']} | {r['learning_rate']:g} | {r['seeds']} | {r['score']:.1%} "
