@@ -258,7 +258,7 @@ _DATA_LABELS = {
     "tokens": "Tokens", "pairs_train": "Training pairs (sentence pairs)", "train_rows": "Training pairs (sentence pairs)",
     "pairs_test": "Held-out pairs", "test_rows": "Held-out pairs", "vocab_size": "Vocabulary size",
     "max_seq_length": "Maximum sequence length", "mlm_probability": "Masking probability", "masking": "Masking",
-    "dupe_factor": "Duplication factor (passes over the corpus with fresh pairs/masks)",
+    "dupe_factor": "Duplication factor (passes over the training documents with fresh pairs/masks)",
 }
 
 
