@@ -182,14 +182,14 @@ def scores(task: str, logits, labels, label_names) -> dict:
     if task == "sequence-classification":
         accuracy, macro_f1 = accuracy_and_macro_f1(predictions.tolist(), labels.tolist(), len(label_names))
         return dict(accuracy=accuracy, macro_f1=macro_f1)
-    predicted, gold = [], []
+    predicted, gold, word_predictions, word_labels = [], [], [], []  # tag names per sentence; ids per word
     for row_predictions, row_labels in zip(predictions.tolist(), labels.tolist()):
-        kept = [(p, t) for p, t in zip(row_predictions, row_labels) if t != -100]
+        kept = [(p, t) for p, t in zip(row_predictions, row_labels) if t != -100]  # one per word
         predicted.append([label_names[p] for p, _ in kept])
         gold.append([label_names[t] for _, t in kept])
-    flat_p = [label_names.index(t) for sentence in predicted for t in sentence]
-    flat_g = [label_names.index(t) for sentence in gold for t in sentence]
-    accuracy, macro_f1 = accuracy_and_macro_f1(flat_p, flat_g, len(label_names))
+        word_predictions += [p for p, _ in kept]
+        word_labels += [t for _, t in kept]
+    accuracy, macro_f1 = accuracy_and_macro_f1(word_predictions, word_labels, len(label_names))
     precision, recall, f1 = entity_scores(predicted, gold)
     return dict(accuracy=accuracy, macro_f1=macro_f1, precision=precision, recall=recall, f1=f1)
 
