@@ -621,3 +621,37 @@ def test_a_second_run_into_a_run_folder_is_refused_and_overwrite_removes_only_th
     assert not (out / "checkpoints").exists() and not (out / "epoch-1").exists()  # the previous run's folders
     assert (out / "final").is_dir() and [r["step"] for r in read_metrics(out)] == [1, 1]  # the new run only
     assert (out / "notes.txt").read_text() == "mine" and (out / "my-data" / "rows.csv").is_file()  # not the run's
+
+
+def test_ctrl_c_exits_130_with_one_line_and_the_run_resumes_from_its_last_checkpoint(data, tmp_path):
+    """SIGINT (Ctrl-C) after a checkpoint exists: exit 130, "error: interrupted" once, no half-written folder, no
+    final model; --resume-from-checkpoint latest then starts from that checkpoint and finishes."""
+    import signal
+    import time
+
+    options = ["--train-file", str(data / "train64.csv"), "--test-file", str(data / "test.csv"),
+               "--tokenizer", str(data / "tokenizer"), "--preset", "tiny", "--batch-size", "16", "--max-steps", "120",
+               "--checkpointing-steps", "2", "--no-progress", "--logging-steps", "1"]
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    script = str(ROOT / "scripts" / "pretrain.py")
+    proc = subprocess.Popen([sys.executable, script, *options, "--output-dir", str(out)], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline and not list_checkpoints(out):
+        time.sleep(0.05)  # watching the folder from outside the training process
+    assert proc.poll() is None, "the run ended before a checkpoint existed"
+    proc.send_signal(signal.SIGINT)
+    stderr = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130
+    assert [line for line in stderr.splitlines() if line.startswith("error:")] == ["error: interrupted"], stderr
+    assert not (out / "final").exists() and no_temporary_names(out) == []
+    last = int(list_checkpoints(out)[-1].name.removeprefix("step-"))
+    assert last >= 2 and last % 2 == 0
+
+    resumed = subprocess.run([sys.executable, script, *options, "--output-dir", str(out),
+                              "--resume-from-checkpoint", "latest"], env=env, capture_output=True, text=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"at step {last}." in resumed.stdout  # "Resumed from .../step-N at step N."
+    assert (out / "final" / "model.safetensors").is_file()
