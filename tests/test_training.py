@@ -655,3 +655,35 @@ def test_ctrl_c_exits_130_with_one_line_and_the_run_resumes_from_its_last_checkp
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"at step {last}." in resumed.stdout  # "Resumed from .../step-N at step N."
     assert (out / "final" / "model.safetensors").is_file()
+
+
+def test_the_optimizer_is_the_one_the_readme_states(data, tmp_path, monkeypatch):
+    """AdamW with weight decay on matrices only, warm-up then linear decay (read back from metrics.jsonl), and
+    gradients clipped to --max-grad-norm before every step."""
+    from minibert_hf import MiniBertConfig, MiniBertForPreTraining
+
+    model = MiniBertForPreTraining(MiniBertConfig.from_preset("tiny", vocab_size=300))
+    decay, no_decay = training.parameter_groups(model, 0.01)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert decay["weight_decay"] == 0.01 and no_decay["weight_decay"] == 0.0
+    assert all(names[id(p)].endswith(".bias") or "LayerNorm" in names[id(p)] for p in no_decay["params"])
+    assert {names[id(p)] for p in no_decay["params"]} == {n for n, p in model.named_parameters() if p.ndim == 1}
+    assert "minibert.embeddings.word_embeddings.weight" in {names[id(p)] for p in decay["params"]}
+
+    norms = []
+    real_step = torch.optim.AdamW.step
+
+    def recording_step(self, *args, **kwargs):
+        grads = [p.grad for group in self.param_groups for p in group["params"] if p.grad is not None]
+        norms.append(float(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads]))))
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording_step)
+    out = tmp_path / "run"
+    train(args_for(data, out, max_steps=10, warmup_ratio=0.2, learning_rate=1e-3, max_grad_norm=0.05))
+    records = [r for r in read_metrics(out) if "learning_rate" in r]
+    logged = {r["step"]: r["learning_rate"] for r in records}  # the rate for the next step, after step s
+    assert logged == pytest.approx({1: 5e-4, 2: 1e-3, 3: 8.75e-4, 4: 7.5e-4, 5: 6.25e-4, 6: 5e-4, 7: 3.75e-4,
+                                    8: 2.5e-4, 9: 1.25e-4, 10: 0.0}, abs=1e-9)
+    assert len(norms) == 10 and max(norms) <= 0.05 * (1 + 1e-4)  # clipped before every step
+    assert min(r["grad_norm"] for r in records) > 0.05  # ... from larger norms (logged before clipping)
