@@ -248,8 +248,18 @@ def test_resume_gives_the_same_weights_as_a_straight_run(data, tmp_path, monkeyp
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
 
+    from minibert_hf.modeling_minibert import MiniBertForPreTraining
+
+    served, real_forward = [], MiniBertForPreTraining.forward
+
+    def counting_forward(self, *args, **kwargs):
+        served.extend([1] if self.training else [])
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(MiniBertForPreTraining, "forward", counting_forward)
     train(args_for(data, resumed, resume_from_checkpoint="latest", **common))
     assert torch_load_flags and all(flag is True for flag in torch_load_flags), torch_load_flags  # no pickle
+    assert len(served) == 3 * 2  # steps 4-6 of 2 micro-batches each: it started at the checkpoint, not at 0
 
     a, b = load_file(straight / "final" / "model.safetensors"), load_file(resumed / "final" / "model.safetensors")
     assert a.keys() == b.keys()
