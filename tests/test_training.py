@@ -645,8 +645,11 @@ def test_ctrl_c_exits_130_with_one_line_and_the_run_resumes_from_its_last_checkp
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
     script = str(ROOT / "scripts" / "pretrain.py")
+    # A job started in the background by a shell (as CI may run us) inherits SIGINT ignored, and Python then
+    # installs no KeyboardInterrupt handler: give the child the default disposition, as a terminal's job has.
     proc = subprocess.Popen([sys.executable, script, *options, "--output-dir", str(out)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while proc.poll() is None and time.monotonic() < deadline and not list_checkpoints(out):
         time.sleep(0.05)  # watching the folder from outside the training process
