@@ -234,6 +234,11 @@ def tag_names(tags) -> list[str]:
     return (["O"] if "O" in tags else []) + sorted(tags - {"O"})
 
 
+def tag_ids(names: list[str]) -> dict[str, int]:
+    """Tag name -> its id in ``names``."""
+    return {name: i for i, name in enumerate(names)}
+
+
 def parse_conll(content: str, path: Path) -> list[tuple[list[str], list[str], int]]:
     """``(tokens, tags, document)`` per sentence of CoNLL-style text: the first column is the token, the last the
     tag; blank lines end sentences, ``-DOCSTART-`` lines start documents."""
@@ -266,10 +271,11 @@ def load_conll(path, test_fraction: float = 0.2, seed: int = 0, test_path=None) 
     train = parse_conll(read_text_file(path, "a CoNLL file"), path)
     test = parse_conll(read_text_file(Path(test_path), "a CoNLL file"), Path(test_path)) if test_path else None
     names = tag_names(tag for _, tags, _ in train + (test or []) for tag in tags)
+    ids = tag_ids(names)
 
     def sentences(parsed, prefix):
         one_document = len({document for _, _, document in parsed}) == 1
-        return [TaggedSentence(tokens, [names.index(tag) for tag in tags],
+        return [TaggedSentence(tokens, [ids[tag] for tag in tags],
                                f"{prefix}{number if one_document else document}")
                 for number, (tokens, tags, document) in enumerate(parsed)]
 
@@ -295,7 +301,8 @@ def load_conll2003(cache=None) -> TokenClassificationData:
         raise MiniBertInputError(f"cannot read the CoNLL-2003 files from the wheel ({error.__class__.__name__}); "
                                  "delete it to download it again", file=wheel) from None
     names = tag_names(tag for sentences in parsed.values() for _, tags, _ in sentences for tag in tags)
-    splits = {split: [TaggedSentence(tokens, [names.index(tag) for tag in tags], f"{split}-{document}")
+    ids = tag_ids(names)
+    splits = {split: [TaggedSentence(tokens, [ids[tag] for tag in tags], f"{split}-{document}")
                       for tokens, tags, document in sentences] for split, sentences in parsed.items()}
     return TokenClassificationData(splits["train"], splits["test"], names, CONLL_SOURCE, validation=splits["valid"])
 
@@ -304,7 +311,7 @@ def load_tagged_dataset(folder, test_fraction: float = 0.2, seed: int = 0) -> To
     """Tagged sentences from a ``datasets`` folder (``save_to_disk``): a DatasetDict with "train" and "test" (or
     "validation") splits, or one Dataset to split by sentence. Columns ``tokens`` and ``ner_tags`` (or ``tags``):
     class ids with ``ClassLabel`` names in the features, or the tag strings themselves."""
-    from datasets import Dataset, DatasetDict, load_from_disk
+    from datasets import DatasetDict, load_from_disk
 
     folder = Path(folder)
     try:
@@ -315,7 +322,6 @@ def load_tagged_dataset(folder, test_fraction: float = 0.2, seed: int = 0) -> To
     if "train" not in splits:
         raise MiniBertInputError(f"no 'train' split (splits: {', '.join(splits)})", file=folder)
     first = splits["train"]
-    assert isinstance(first, Dataset)
     column = next((c for c in ("ner_tags", "tags") if c in first.column_names), None)
     if "tokens" not in first.column_names or column is None:
         raise MiniBertInputError(f"needs 'tokens' and 'ner_tags' (or 'tags') columns, has "
@@ -336,7 +342,8 @@ def load_tagged_dataset(folder, test_fraction: float = 0.2, seed: int = 0) -> To
             if len(words) != len(labels):
                 raise MiniBertInputError(f"{len(words)} tokens but {len(labels)} tags in split {name!r}",
                                          file=folder, row=row, column=column)
-    sentences = {name: [TaggedSentence(list(words), [names.index(t) for t in labels], f"{name}-{row}")
+    ids = tag_ids(names)
+    sentences = {name: [TaggedSentence(list(words), [ids[t] for t in labels], f"{name}-{row}")
                         for row, (words, labels) in enumerate(zip(*raw[name]))] for name in raw}
     if test_split:
         train, test = sentences["train"], sentences[test_split]
