@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 OUTPUT ?= outputs/minibert-default
 
-.PHONY: setup test pretrain bench clean
+.PHONY: setup test pretrain bench-gpu clean
 
 setup: $(STAMP)
 
@@ -27,6 +27,11 @@ pretrain: $(STAMP)
 		--output-dir $(OUTPUT) --overwrite-output-dir --dupe-factor 3 --max-steps 3300 --batch-size 16 \
 		--learning-rate 2e-3 --warmup-ratio 0.06 --adam-beta2 0.98 --masking dynamic --mlm-probability 0.3 \
 		--mlm-probability-end 0.15 --eval-steps 825 --checkpointing-steps 1100
+
+# On a machine with CUDA: the bench and bert-base shapes in bf16, eager and compiled (README, "Speed").
+# Without CUDA it says so in one line and exits 0.
+bench-gpu: $(STAMP)
+	$(BIN)/python scripts/bench_gpu.py
 
 clean:
 	rm -rf $(VENV) outputs

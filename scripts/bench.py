@@ -1,23 +1,41 @@
 """Benchmark MiniBERT pretraining against transformers' BertForPreTraining on the same batches.
 
-What it measures, at the bench config (vocab 30522, hidden 256, 4 layers, 4 heads, FFN 1024, max positions 512,
-batch 32, rows of at most 128 tokens from the default corpus):
+Shapes (``--shape``; any field can still be set on its own):
+
+* ``bench`` (default): vocab 30522, hidden 256, 4 layers, 4 heads, FFN 1024, max positions 512, dropout 0.1,
+  batch 32 (BERT's post-LN and learned positions in both models: the same function);
+* ``mini``: the shape ``make pretrain`` trains (vocab 8192, hidden 128, 4 layers, 4 heads, FFN 512, 128
+  positions, no dropout, batch 16), post-LN with learned positions in both models;
+* ``mini-pre``: ours is the ``mini`` preset itself (pre-LN, rotary positions, the two-sentence NSP head); HF's
+  stays post-LN at the same shape (it has no such variant): a speed reference, not the same function;
+* ``bert-base``: hidden 768, 12 layers, 12 heads, FFN 3072, vocab 30522, batch 32 (for GPUs).
+
+Rows (``--rows``): ``short`` = the pairs as prepared (the default corpus: ~74 tokens, a third of a batch padding);
+``long`` = consecutive pairs joined and cut at ``--max-seq-length`` (almost no padding).
+
+What it measures:
 
 * training step (forward, backward, gradient clipping at 1.0, AdamW step) of both models, alternating A/B after a
   warm-up, on identical batches: median ms/step, real tokens/s, the median of the per-pair speed ratios, and the loss
   of both models (same initial weights) on a fixed held-out batch after the same steps;
+* the FLOPs of each model's step counted from the batch shapes (``bench_flops.training_flops``), their ratio (what
+  the algorithm alone buys: HF projects every padded position onto the vocabulary), and each model's achieved
+  FLOP/s as a share of a large matrix product timed in the same process (the machine's practical peak);
 * peak training memory: each model trains a few steps in a fresh subprocess; peak RSS minus the RSS before the
-  first step (so it covers activations, gradients and optimizer state, not the weights);
+  first step (so it covers activations, gradients and optimizer state, not the weights); on CUDA the peak of
+  allocated device memory instead;
 * inference forward with full (batch, seq, vocab) logits: median ms and ratio (plus a logits parity check);
 * data preparation throughput (MB of raw text per second for ``prepare_pretraining_data``);
 * DataLoader + collate throughput (batches/s), static masks (``collate_batch``) and dynamic masks.
 
-Results are merged into ``OUTPUT/results.json`` under a run name (``fp32``, ``bf16``, ``fp32-compile``, ...), and
-``results.md`` (tables, machine, commands) and ``results.png`` (bar chart) are rebuilt from every run recorded there.
+Results are merged into ``OUTPUT/results.json`` under a run name (``fp32``, ``mini-long-fp32``, ``cuda-bf16``, ...),
+and ``results.md`` (tables, machine, commands) and ``results.png`` (bar chart) are rebuilt from every run there.
 
     python scripts/bench.py                      # fp32, the default corpus prepared into the cache on first use
+    python scripts/bench.py --shape mini --rows long
     python scripts/bench.py --bf16               # bf16 autocast for both models
     python scripts/bench.py --compile            # torch.compile both models
+    python scripts/bench.py --device cuda --bf16 # on a GPU (scripts/bench_gpu.py runs the GPU set)
     python scripts/bench.py --csv train.csv      # a prepared CSV instead of the default corpus
 
 The machine may be shared and noisy: the ratios are medians of A/B pairs measured back to back.
@@ -42,8 +60,16 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python scripts/bench.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-BENCH_CONFIG = dict(vocab_size=30522, hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-                    intermediate_size=1024, max_position_embeddings=512)
+_BENCH = dict(vocab_size=30522, hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024,
+              max_position_embeddings=512, dropout=0.1, batch_size=32)
+_MINI = dict(vocab_size=8192, hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512,
+             max_position_embeddings=128, dropout=0.0, batch_size=16)
+SHAPES = {
+    "bench": _BENCH,
+    "mini": _MINI,
+    "mini-pre": _MINI,
+    "bert-base": dict(_BENCH, hidden_size=768, num_layers=12, num_heads=12, intermediate_size=3072),
+}
 
 
 def shown_path(path) -> str:
@@ -73,14 +99,18 @@ def parse_args(argv=None):
                       help="time data preparation on the corpus repeated N times (memory should stay flat)")
     data.add_argument("--loader-batches", type=int, default=200,
                       help="batches to draw when timing DataLoader + collate")
-    model = p.add_argument_group("model (defaults: the bench config)")
-    model.add_argument("--vocab-size", type=int, default=BENCH_CONFIG["vocab_size"])
-    model.add_argument("--hidden-size", type=int, default=BENCH_CONFIG["hidden_size"])
-    model.add_argument("--num-layers", type=int, default=BENCH_CONFIG["num_hidden_layers"])
-    model.add_argument("--num-heads", type=int, default=BENCH_CONFIG["num_attention_heads"])
-    model.add_argument("--intermediate-size", type=int, default=BENCH_CONFIG["intermediate_size"])
-    model.add_argument("--max-position-embeddings", type=int, default=BENCH_CONFIG["max_position_embeddings"])
-    model.add_argument("--batch-size", type=int, default=32)
+    data.add_argument("--rows", choices=("short", "long"), default="short",
+                      help="short: the pairs as prepared; long: consecutive pairs joined up to --max-seq-length")
+    model = p.add_argument_group("model (defaults: from --shape)")
+    model.add_argument("--shape", choices=tuple(SHAPES), default="bench", help="model shape and batch size")
+    model.add_argument("--vocab-size", type=int)
+    model.add_argument("--hidden-size", type=int)
+    model.add_argument("--num-layers", type=int)
+    model.add_argument("--num-heads", type=int)
+    model.add_argument("--intermediate-size", type=int)
+    model.add_argument("--max-position-embeddings", type=int)
+    model.add_argument("--dropout", type=float, help="hidden and attention dropout of both models")
+    model.add_argument("--batch-size", type=int)
     model.add_argument("--max-seq-length", type=int, default=128)
     run = p.add_argument_group("run")
     run.add_argument("--steps", type=int, default=20, help="measured training steps per model (A/B alternating)")
@@ -90,6 +120,7 @@ def parse_args(argv=None):
     run.add_argument("--memory-steps", type=int, default=3, help="training steps in each memory subprocess")
     run.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     run.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    run.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     run.add_argument("--bf16", action="store_true", help="bf16 autocast for both models")
     run.add_argument("--compile", action="store_true", help="torch.compile both models")
     run.add_argument("--fused-adamw", action="store_true", help="AdamW(fused=True) for both models")
@@ -100,6 +131,11 @@ def parse_args(argv=None):
     p.add_argument("--memory-child", choices=("ours", "hf"), help=argparse.SUPPRESS)
     p.add_argument("--batches-file", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    for name, value in SHAPES[args.shape].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if not (args.device == "cpu" or args.device.startswith("cuda")):
+        p.error(f"--device must be cpu or cuda[:N], got {args.device!r}")
     for name in ("steps", "warmup", "batch_size", "max_seq_length", "loader_batches", "memory_steps", "prep_repeat"):
         value = getattr(args, name)
         if value < (0 if name == "warmup" else 1):
@@ -115,6 +151,12 @@ def run_name(args):
     if args.name:
         return args.name
     name = "bf16" if args.bf16 else "fp32"
+    if args.device != "cpu":
+        name = f"cuda-{name}"
+    if args.rows == "long":
+        name = f"long-{name}"
+    if args.shape != "bench":
+        name = f"{args.shape}-{name}"
     if args.compile:
         name += "-compile"
     if args.fused_adamw:
@@ -130,6 +172,8 @@ def run_name(args):
 
 
 def model_configs(args, vocab_size):
+    """(ours, HF's) configs. Both BERT's post-LN with learned positions, except ours at ``--shape mini-pre``: the
+    ``mini`` preset (pre-LN, rotary positions, the two-sentence NSP head) at the same shape."""
     from transformers import BertConfig
 
     from minibert_hf import MiniBertConfig
@@ -137,9 +181,9 @@ def model_configs(args, vocab_size):
     shape = dict(vocab_size=vocab_size, hidden_size=args.hidden_size, num_hidden_layers=args.num_layers,
                  num_attention_heads=args.num_heads, intermediate_size=args.intermediate_size,
                  max_position_embeddings=args.max_position_embeddings, type_vocab_size=2, hidden_act="gelu",
-                 hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1, layer_norm_eps=1e-12,
+                 hidden_dropout_prob=args.dropout, attention_probs_dropout_prob=args.dropout, layer_norm_eps=1e-12,
                  initializer_range=0.02, pad_token_id=0)
-    ours = MiniBertConfig(**shape)
+    ours = MiniBertConfig.from_preset("mini", **shape) if args.shape == "mini-pre" else MiniBertConfig(**shape)
     hf = BertConfig(**shape)
     hf._attn_implementation = "sdpa"
     return ours, hf
@@ -212,48 +256,74 @@ def copy_weights(ours, hf):
 
 
 def optimizer_for(model, args):
-    """The same optimizer for both models: torch's AdamW (its CPU default is the per-parameter loop)."""
+    """The same optimizer for both models: torch's AdamW (its CPU default is the per-parameter loop; on CUDA the
+    multi-tensor one), or its fused kernel with --fused-adamw."""
     import torch
 
     return torch.optim.AdamW(model.parameters(), lr=args.learning_rate, weight_decay=0.01,
                              fused=True if args.fused_adamw else None)
 
 
-def make_train_step(model, optimizer, bf16):
+def autocast(device, bf16):
+    """bf16 autocast on the device's type when asked for (a no-op context otherwise)."""
+    import torch
+
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
+
+
+def synchronize(device):
+    """Wait for the device's queued work, so a wall-clock time covers it (CUDA runs asynchronously)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def to_device(batch, device):
+    """A collated batch on the device; to CUDA through pinned host memory with asynchronous copies."""
+    import torch
+
+    cuda = torch.device(device).type == "cuda"
+    return {key: (value.pin_memory() if cuda else value).to(device, non_blocking=cuda) for key, value in batch.items()}
+
+
+def make_train_step(model, optimizer, args):
     import torch
 
     params = [p for p in model.parameters() if p.requires_grad]
 
     def step(batch):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with autocast(args.device, args.bf16):
             output = model(**batch)
         loss = output.loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        return float(loss.detach())  # waits for the device: the step's time covers its work
 
     return step
 
 
-def make_forward(model, bf16):
+def make_forward(model, args):
     import torch
 
     def forward(batch):
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            return model(**inputs).prediction_logits
+        with torch.inference_mode(), autocast(args.device, args.bf16):
+            logits = model(**inputs).prediction_logits
+        synchronize(args.device)
+        return logits
 
     return forward
 
 
-def eval_loss(model, batch, bf16):
+def eval_loss(model, batch, args):
     import torch
 
     was_training = model.training
     model.eval()
-    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+    with torch.inference_mode(), autocast(args.device, args.bf16):
         output = model(**batch)
     model.train(was_training)
     return float(output.loss)
@@ -371,6 +441,24 @@ def tokenizer_vocab_size(csv_path):
     return None
 
 
+def long_rows(dataset, max_length):
+    """Rows near ``max_length`` tokens: consecutive pairs joined (each later one without its [CLS]) and cut at
+    ``max_length``, with their segment ids and MLM labels alongside; the first pair's NSP label."""
+    rows, current = [], None
+    for example in dataset:
+        if current is None:
+            current = {key: list(example[key]) for key in ("input_ids", "token_type_ids", "labels")}
+            current["next_sentence_label"] = example["next_sentence_label"]
+        else:
+            for key in ("input_ids", "token_type_ids", "labels"):
+                current[key] += list(example[key])[1:]
+        if len(current["input_ids"]) >= max_length:
+            rows.append({key: value[:max_length] if isinstance(value, list) else value
+                         for key, value in current.items()})
+            current = None
+    return rows
+
+
 def loader_for(dataset, args, collate_fn):
     import torch
     from torch.utils.data import DataLoader
@@ -442,7 +530,7 @@ def memory_child(args):
     if args.compile:
         model = torch.compile(model, dynamic=True)
     model.train()
-    step = make_train_step(model, optimizer_for(model, args), args.bf16)
+    step = make_train_step(model, optimizer_for(model, args), args)
     before = rss_bytes()
     reset = reset_peak_rss()
     for i in range(args.memory_steps):
@@ -469,12 +557,34 @@ def measure_memory(args, batches, vocab_size, argv):
     return results
 
 
-def measure_training(args, ours, hf, batches, held_out):
+def measure_device_memory(args, models, batches):
+    """CUDA: the peak of allocated device memory over a few training steps of each model, minus what it held
+    before (activations, gradients and optimizer state), with a fresh optimizer each."""
     import torch
 
-    steps = {"ours": make_train_step(ours, optimizer_for(ours, args), args.bf16),
-             "hf": make_train_step(hf, optimizer_for(hf, args), args.bf16)}
-    loss_start = {"ours": eval_loss(ours, held_out, args.bf16), "hf": eval_loss(hf, held_out, args.bf16)}
+    results = {}
+    for which, model in models.items():
+        step = make_train_step(model, optimizer_for(model, args), args)
+        torch.cuda.synchronize(args.device)
+        before = torch.cuda.memory_allocated(args.device)
+        torch.cuda.reset_peak_memory_stats(args.device)
+        for i in range(args.memory_steps):
+            step(batches[i % len(batches)])
+        peak = torch.cuda.max_memory_allocated(args.device)
+        results[which] = {"peak_mb": round(peak / 2**20, 1), "peak_growth_mb": round((peak - before) / 2**20, 1)}
+    return results
+
+
+def measure_training(args, ours, hf, batches, held_out, peak):
+    import statistics as stats
+
+    import torch
+
+    from bench_flops import training_flops
+
+    models = {"ours": ours, "hf": hf}
+    steps = {which: make_train_step(model, optimizer_for(model, args), args) for which, model in models.items()}
+    loss_start = {which: eval_loss(model, held_out, args) for which, model in models.items()}
     ours.train()
     hf.train()
     torch.manual_seed(args.seed)
@@ -483,37 +593,44 @@ def measure_training(args, ours, hf, batches, held_out):
             steps[which](batches[i % len(batches)])
     times = {"ours": [], "hf": []}
     losses = {"ours": [], "hf": []}
+    flops = {"ours": [], "hf": []}
     tokens = []
     for i in range(args.steps):
         batch = batches[(args.warmup + i) % len(batches)]
         tokens.append(real_tokens(batch))
+        for which, model in models.items():
+            flops[which].append(training_flops(getattr(model, "_orig_mod", model).config, batch, which == "ours"))
         order = ("ours", "hf") if i % 2 == 0 else ("hf", "ours")
         for which in order:
             started = time.perf_counter()
             losses[which].append(steps[which](batch))
             times[which].append(time.perf_counter() - started)
-    loss_end = {"ours": eval_loss(ours, held_out, args.bf16), "hf": eval_loss(hf, held_out, args.bf16)}
+    loss_end = {which: eval_loss(model, held_out, args) for which, model in models.items()}
     result = {}
     for which in ("ours", "hf"):
+        achieved = stats.median(f / t for f, t in zip(flops[which], times[which])) / 1e9
         result[which] = {
-            "median_ms": round(statistics.median(times[which]) * 1000, 1),
+            "median_ms": round(stats.median(times[which]) * 1000, 1),
             "min_ms": round(min(times[which]) * 1000, 1),
-            "tokens_per_second": round(statistics.median(n / t for n, t in zip(tokens, times[which])), 1),
+            "tokens_per_second": round(stats.median(n / t for n, t in zip(tokens, times[which])), 1),
+            "gflop_per_step": round(stats.fmean(flops[which]) / 1e9, 3),
+            "achieved_gflops": round(achieved, 1),
+            "share_of_peak": round(achieved / peak["gflops_median"], 4),
             "train_loss_last": round(losses[which][-1], 4),
-            "train_loss_mean_last5": round(statistics.fmean(losses[which][-5:]), 4),
+            "train_loss_mean_last5": round(stats.fmean(losses[which][-5:]), 4),
             "held_out_loss_start": round(loss_start[which], 4),
             "held_out_loss_end": round(loss_end[which], 4),
         }
     ratios = [h / o for o, h in zip(times["ours"], times["hf"])]
-    result["speedup_median_of_pairs"] = round(statistics.median(ratios), 3)
+    result["speedup_median_of_pairs"] = round(stats.median(ratios), 3)
     result["speedup_min_of_pairs"] = round(min(ratios), 3)
     result["speedup_max_of_pairs"] = round(max(ratios), 3)
+    result["flop_ratio"] = round(sum(flops["hf"]) / sum(flops["ours"]), 3)
     result["steps_each"] = args.steps
     result["warmup_each"] = args.warmup
-    result["real_tokens_per_batch_mean"] = round(statistics.fmean(tokens), 1)
+    result["real_tokens_per_batch_mean"] = round(stats.fmean(tokens), 1)
     result["padded_tokens_per_batch_mean"] = round(
-        statistics.fmean(batches[(args.warmup + i) % len(batches)]["input_ids"].numel() for i in range(args.steps)),
-        1)
+        stats.fmean(batches[(args.warmup + i) % len(batches)]["input_ids"].numel() for i in range(args.steps)), 1)
     return result
 
 
@@ -522,7 +639,7 @@ def measure_inference(args, ours, hf, batches):
 
     ours.eval()
     hf.eval()
-    forwards = {"ours": make_forward(ours, args.bf16), "hf": make_forward(hf, args.bf16)}
+    forwards = {"ours": make_forward(ours, args), "hf": make_forward(hf, args)}
     for which in ("ours", "hf"):
         forwards[which](batches[0])
     times = {"ours": [], "hf": []}
@@ -568,6 +685,8 @@ def machine_info(args):
         flags = " ".join(f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f" {f}" in text)
     except OSError:
         pass
+    if torch.device(args.device).type == "cuda":
+        cpu = f"{torch.cuda.get_device_name(args.device)} (host CPU: {cpu})"
     return {
         "cpu": cpu,
         "cpu_flags": flags,
@@ -612,6 +731,8 @@ def main(argv=None):
     try:
         csv_path, prep = prepare_data(args, scratch)
         dataset = load_pretraining_csv(str(csv_path), max_length=args.max_seq_length)
+        if args.rows == "long":
+            dataset = long_rows(dataset, args.max_seq_length)
         tok_vocab = tokenizer_vocab_size(csv_path)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
@@ -623,7 +744,7 @@ def main(argv=None):
         from minibert_hf.errors import MiniBertInputError
 
         raise MiniBertInputError(f"need at least 2 rows to benchmark, found {len(dataset)}", file=str(csv_path))
-    max_id = max(max(row) for row in dataset["input_ids"])
+    max_id = max(max(row["input_ids"]) for row in dataset)
     vocab_size = max(args.vocab_size, max_id + 1)
 
     masker, generator = DynamicMasker(vocab_size), torch.Generator().manual_seed(args.seed)
@@ -645,9 +766,20 @@ def main(argv=None):
             batches.append(batch)
             if len(batches) >= needed:
                 break
-    held_out, batches = batches[-1], batches[:-1]
+    held_out, batches = to_device(batches[-1], args.device), [to_device(b, args.device) for b in batches[:-1]]
+
+    from bench_flops import gpu_bf16_peak_tflops, matmul_peak
+
+    on_cuda = torch.device(args.device).type == "cuda"
+    # the practical peak: fp32 on the CPU (what the steps run in), bf16 on a GPU's tensor cores
+    peak = (matmul_peak(args.device, size=8192, dtype=torch.bfloat16) if on_cuda else matmul_peak(args.device))
+    if on_cuda:
+        listed = gpu_bf16_peak_tflops(torch.cuda.get_device_name(args.device))
+        peak["datasheet_bf16_tflops"] = listed
+    print(f"[bench] matrix-product peak: {peak}", flush=True)
 
     ours, hf, not_copied = build_models(args, vocab_size)
+    ours, hf = ours.to(args.device), hf.to(args.device)
     if args.compile:
         ours = torch.compile(ours, dynamic=True)
         hf = torch.compile(hf, dynamic=True)
@@ -657,12 +789,17 @@ def main(argv=None):
 
     inference = measure_inference(args, ours, hf, batches)
     print(f"[bench] inference: {inference}", flush=True)
-    training = measure_training(args, ours, hf, batches, held_out)
-    print(f"[bench] training: speed-up {training['speedup_median_of_pairs']}x, ours {training['ours']}, "
-          f"hf {training['hf']}", flush=True)
-    del ours, hf
+    training = measure_training(args, ours, hf, batches, held_out, peak)
+    if on_cuda and peak.get("datasheet_bf16_tflops"):
+        for which in ("ours", "hf"):  # model FLOPs utilisation against the data sheet
+            training[which]["mfu"] = round(training[which]["achieved_gflops"] / 1e3 / peak["datasheet_bf16_tflops"], 4)
+    print(f"[bench] training: speed-up {training['speedup_median_of_pairs']}x (FLOP ratio "
+          f"{training['flop_ratio']}x), ours {training['ours']}, hf {training['hf']}", flush=True)
     memory = None
-    if not args.no_memory:
+    if not args.no_memory and on_cuda:
+        memory = measure_device_memory(args, {"ours": ours, "hf": hf}, batches)
+    del ours, hf
+    if not args.no_memory and not on_cuda:
         memory = measure_memory(args, batches, vocab_size, argv)
         print(f"[bench] memory: {memory}", flush=True)
     machine["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -671,15 +808,17 @@ def main(argv=None):
         "timestamp": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "command": "python scripts/bench.py " + " ".join(shlex.quote(a) for a in argv),
         "machine": machine,
-        "config": {"vocab_size": vocab_size, "hidden_size": args.hidden_size, "num_hidden_layers": args.num_layers,
+        "config": {"shape": args.shape, "rows": args.rows, "device": args.device,
+                   "vocab_size": vocab_size, "hidden_size": args.hidden_size, "num_hidden_layers": args.num_layers,
                    "num_attention_heads": args.num_heads, "intermediate_size": args.intermediate_size,
                    "max_position_embeddings": args.max_position_embeddings, "batch_size": args.batch_size,
-                   "max_seq_length": args.max_seq_length, "bf16": args.bf16, "compile": args.compile,
+                   "max_seq_length": args.max_seq_length, "dropout": args.dropout, "bf16": args.bf16, "compile": args.compile,
                    "optimizer": f"AdamW(lr={args.learning_rate}, weight_decay=0.01"
                                 f"{', fused=True' if args.fused_adamw else ''})", "clip_grad_norm": 1.0},
         "data": {"csv": shown_path(csv_path), "rows": len(dataset), "tokenizer_vocab_size": tok_vocab,
                  "model_vocab_size": vocab_size},
         "weights": weights,
+        "matmul_peak": peak,
         "data_prep": prep,
         "loader": loader,
         "inference": inference,

@@ -32,11 +32,15 @@ def render_markdown(results):
     if not runs:
         return "\n".join(lines + ["(no runs)", ""])
     lines += ["Training step = forward + backward + clip-grad-norm 1.0 + AdamW step, on the same batches, A/B "
-              "alternating after warm-up. Speed-up = median over pairs of HF time / our time. Memory = peak RSS "
-              "growth during training steps in a fresh process (activations, gradients, optimizer state).", ""]
+              "alternating after warm-up. Speed-up = median over pairs of HF time / our time. FLOP ratio = HF's "
+              "FLOPs per step / ours, counted from the batch shapes (what the algorithm alone buys; a speed-up below "
+              "it means our kernels run less efficiently than HF's). Achieved = FLOPs per step / time per step, as a "
+              "share of a large matrix product timed in the same process (fp32 on CPU, bf16 on CUDA). Memory = peak "
+              "RSS growth during training steps in a fresh process (CUDA: peak allocated device memory growth).", ""]
     lines += ["| run | ours ms/step | HF ms/step | ours tokens/s | HF tokens/s | train speed-up | "
+              "FLOP ratio | achieved GFLOP/s (ours / HF) | share of matmul peak (ours / HF) | "
               "inference ms (ours / HF) | inference speed-up | peak mem MB (ours / HF) | held-out loss end (ours / HF) |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, run in runs.items():
         t, inf, mem = run["training"], run.get("inference", {}), run.get("memory") or {}
         mem_text = (f"{mem['ours']['peak_growth_mb']:.0f} / {mem['hf']['peak_growth_mb']:.0f}"
@@ -44,7 +48,7 @@ def render_markdown(results):
         lines.append(
             f"| {name} | {t['ours']['median_ms']:.0f} | {t['hf']['median_ms']:.0f} | "
             f"{t['ours']['tokens_per_second']:.0f} | {t['hf']['tokens_per_second']:.0f} | "
-            f"**{t['speedup_median_of_pairs']:.2f}x** | "
+            f"**{t['speedup_median_of_pairs']:.2f}x** | {flop_cells(t)} | "
             f"{inf.get('ours_median_ms', float('nan')):.0f} / {inf.get('hf_median_ms', float('nan')):.0f} | "
             f"{inf.get('speedup_median_of_pairs', float('nan')):.2f}x | {mem_text} | "
             f"{t['ours']['held_out_loss_end']:.3f} / {t['hf']['held_out_loss_end']:.3f} |")
@@ -81,10 +85,25 @@ def render_markdown(results):
                   f"{t['ours']['held_out_loss_end']:.3f}, HF {t['hf']['held_out_loss_start']:.3f} → "
                   f"{t['hf']['held_out_loss_end']:.3f}",
                   f"- weights: {run['weights']}", ""]
-        if run.get("inference"):
+        if run.get("matmul_peak"):
+            peak = run["matmul_peak"]
+            lines.insert(len(lines) - 1, f"- matrix-product peak ({peak['size']}x{peak['size']}, {peak['dtype']}): "
+                                         f"median {peak['gflops_median']:.0f} GFLOP/s, max {peak['gflops_max']:.0f}"
+                                         + (f"; data sheet bf16 {peak['datasheet_bf16_tflops']} TFLOP/s"
+                                            if peak.get("datasheet_bf16_tflops") else ""))
+        if run.get("inference") and run["weights"].startswith("same"):
             lines.insert(len(lines) - 1, f"- inference logits max |ours - HF| on real tokens, same weights: "
                                          f"{run['inference']['logits_max_abs_diff_real_tokens']:.2e}")
     return "\n".join(lines) + "\n"
+
+
+def flop_cells(training):
+    """The FLOP-ratio, achieved-GFLOP/s and share-of-peak cells (n/a for runs recorded before they existed)."""
+    if "flop_ratio" not in training:
+        return "n/a | n/a | n/a"
+    ours, hf = training["ours"], training["hf"]
+    return (f"{training['flop_ratio']:.2f}x | {ours['achieved_gflops']:.0f} / {hf['achieved_gflops']:.0f} | "
+            f"{ours['share_of_peak']:.0%} / {hf['share_of_peak']:.0%}")
 
 
 def render_png(results, path):
