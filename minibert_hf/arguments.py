@@ -62,6 +62,8 @@ class PretrainingArguments:
     warmup_ratio: float = option(0.1, "share of the steps with a linear warm-up, then linear decay to 0")
     max_grad_norm: float = option(1.0, "gradient clipping norm; 0: no clipping")
     mixed_precision: str | None = option(None, "no, bf16 or fp16 (default: accelerate's config)")
+    compile: bool = option(False, "torch.compile the model: padded batches in lengths of multiples of 32 "
+                                  "(one graph each, no host decisions); eager unpads instead")
     seed: int = option(42, "seed of weights, data order, dropout and dynamic masks")
     # output
     output_dir: str = option("outputs/minibert", "where epoch-N/, final/, checkpoints/ and metrics.jsonl go")

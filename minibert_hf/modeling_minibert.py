@@ -265,11 +265,13 @@ class MiniBertModel(MiniBertPreTrainedModel):
 
         # Padding keys are hidden from every query; without padding the mask is dropped (faster attention).
         mask = unpadded = None
-        if attention_mask is not None and not bool(attention_mask.all()):
+        compiling = torch.compiler.is_compiling()
+        if attention_mask is not None and (compiling or not bool(attention_mask.all())):
             mask = attention_mask.bool()[:, None, None, :]  # (batch, 1, 1, seq)
             # Token-wise work (projections, feed-forward, LayerNorm, dropout) runs on the real tokens only,
             # packed as (tokens, hidden); they are put back in place (zeros at padding) for the attention.
-            unpadded = Unpadded.from_mask(attention_mask)
+            # Under torch.compile the batch stays padded: no decision on the host, no data-dependent shapes.
+            unpadded = None if compiling else Unpadded.from_mask(attention_mask)
 
         def padded(states):
             return states if unpadded is None else unpadded.pad(states)

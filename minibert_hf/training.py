@@ -85,6 +85,7 @@ def train(args) -> dict:
         optimizer, lambda step: warmup_then_linear_decay(budget.progress(step), args.warmup_ratio))
     model, optimizer, train_dl, eval_dl, lr_scheduler = accelerator.prepare(
         model, optimizer, train_dl, eval_dl, lr_scheduler)
+    forward = compile_model(model) if args.compile else model  # `model` stays the plain module that is saved
     masker = DynamicMasker(len(tokenizer), args.mlm_probability) if args.masking == "dynamic" else None
     run = dict(steps_per_epoch=steps_per_epoch, total_steps=total_steps, batch_size=args.batch_size,
                gradient_accumulation_steps=args.gradient_accumulation_steps, num_processes=accelerator.num_processes)
@@ -116,7 +117,7 @@ def train(args) -> dict:
                                                             args.mlm_probability_end)
                 batch = masker(batch)
             with accelerator.accumulate(model):
-                outputs = model(**batch)
+                outputs = forward(**batch)
                 # loss = mlm_loss + nsp_loss; --nsp-loss-weight w trains on mlm_loss + w * nsp_loss
                 accelerator.backward(outputs.loss + (args.nsp_loss_weight - 1.0) * outputs.nsp_loss)
                 if accelerator.sync_gradients:
@@ -132,7 +133,7 @@ def train(args) -> dict:
             global_step += 1
             meter.step_done(global_step, grad_norm, lr_scheduler.get_last_lr()[0])
             if args.eval_steps and global_step % args.eval_steps == 0:
-                metrics = evaluate_and_log(model, eval_dl, accelerator, log, global_step)
+                metrics = evaluate_and_log(forward, eval_dl, accelerator, log, global_step)
             if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
                 save_checkpoint(accelerator, output_dir, global_step, budget.state(run), args.save_total_limit)
             if budget.done(global_step):
@@ -140,7 +141,7 @@ def train(args) -> dict:
         skip = 0
         if global_step % steps_per_epoch == 0 or budget.done(global_step):  # the epoch ran to its end
             if not (metrics and metrics["step"] == global_step):
-                metrics = evaluate_and_log(model, eval_dl, accelerator, log, global_step)
+                metrics = evaluate_and_log(forward, eval_dl, accelerator, log, global_step)
             if global_step % steps_per_epoch == 0:
                 save_model(accelerator, model, tokenizer, output_dir / f"epoch-{epoch + 1}", args, data, metrics)
         if budget.done(global_step):
@@ -148,7 +149,7 @@ def train(args) -> dict:
 
     meter.close()
     if metrics is None or metrics["step"] != global_step:  # e.g. resumed after the last step
-        metrics = evaluate_and_log(model, eval_dl, accelerator, log, global_step)
+        metrics = evaluate_and_log(forward, eval_dl, accelerator, log, global_step)
     if args.checkpointing_steps and not (output_dir / "checkpoints" / f"step-{global_step}").exists():
         save_checkpoint(accelerator, output_dir, global_step, budget.state(run), args.save_total_limit)
     final = save_model(accelerator, model, tokenizer, output_dir / "final", args, data, metrics)
@@ -295,13 +296,28 @@ def build_model(args, data):
     return model, tokenizer
 
 
+# Compiled models see padded lengths in steps of this many tokens: a few graphs instead of one per length.
+COMPILE_LENGTH_STEP = 32
+
+
+def compile_model(model):
+    """torch.compile (inductor, a graph per padded length), with the one dynamo option the model needs for a single
+    graph: the sparse MLM head gathers the targets, a count that depends on the batch's data. Applied after
+    accelerator.prepare, so checkpoints hold the plain module's weights."""
+    torch._dynamo.config.capture_dynamic_output_shape_ops = True
+    return torch.compile(model, dynamic=False)
+
+
 def make_dataloaders(data, args):
+    from functools import partial
+
     from torch.utils.data import DataLoader
 
-    train_dl = DataLoader(data["train"], batch_size=args.batch_size, shuffle=True, collate_fn=collate_batch,
+    collate = partial(collate_batch, pad_to_multiple_of=COMPILE_LENGTH_STEP) if args.compile else collate_batch
+    train_dl = DataLoader(data["train"], batch_size=args.batch_size, shuffle=True, collate_fn=collate,
                           num_workers=args.num_workers)
     eval_dl = DataLoader(data["test"], batch_size=args.eval_batch_size or 2 * args.batch_size, shuffle=False,
-                         collate_fn=collate_batch, num_workers=args.num_workers)
+                         collate_fn=collate, num_workers=args.num_workers)
     return train_dl, eval_dl
 
 

@@ -23,6 +23,8 @@ from isolation import BLOCK_MINIBERT_HF
 from minibert_hf import model_folder, pretraining_data, training
 from minibert_hf.arguments import PretrainingArguments
 from minibert_hf.checkpoints import list_checkpoints
+from minibert_hf.configuration_minibert import MiniBertConfig
+from minibert_hf.modeling_minibert import MiniBertForPreTraining
 from minibert_hf.errors import MiniBertInputError, TrainingDiverged, UserError
 from minibert_hf.pretraining_csv import load_pretraining_csv, write_pretraining_csv
 from minibert_hf.pretraining_data import prepare_pretraining_data
@@ -700,3 +702,51 @@ def test_the_optimizer_is_the_one_the_readme_states(data, tmp_path, monkeypatch)
                                     8: 2.5e-4, 9: 1.25e-4, 10: 0.0}, abs=1e-9)
     assert len(norms) == 10 and max(norms) <= 0.05 * (1 + 1e-4)  # clipped before every step
     assert min(r["grad_norm"] for r in records) > 0.05  # ... from larger norms (logged before clipping)
+
+
+def test_the_model_is_one_graph_for_torch_compile(data, monkeypatch):
+    """With the dynamo option --compile sets, a padded batch traces as one graph with no break: under compile
+    the model keeps the batch padded (no host decision on the mask, no unpadding) and only the sparse MLM head's
+    target count is data-dependent. Eager, the same model unpads (so it would break the graph there)."""
+    import torch._dynamo
+
+    from minibert_hf.collator import collate_batch
+    from minibert_hf.pretraining_csv import load_pretraining_csv
+
+    monkeypatch.setattr(torch._dynamo.config, "capture_dynamic_output_shape_ops", False)
+    training.compile_model(torch.nn.Linear(2, 2))
+    assert torch._dynamo.config.capture_dynamic_output_shape_ops
+    rows = load_pretraining_csv(str(data / "train64.csv"))
+    keys = ("input_ids", "token_type_ids", "labels")
+    examples = [{**rows[i], **{k: rows[i][k][: 12 + 2 * i] for k in keys}} for i in range(8)]  # 12..26 tokens
+    batch = collate_batch(examples, pad_to_multiple_of=training.COMPILE_LENGTH_STEP)
+    assert not bool(batch["attention_mask"].all()) and batch["input_ids"].shape[1] == 32
+    for preset in ("tiny", "mini"):
+        model = MiniBertForPreTraining(MiniBertConfig.from_preset(preset, vocab_size=300, max_position_embeddings=64))
+        torch._dynamo.reset()
+        explained = torch._dynamo.explain(model)(**batch)
+        assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
+    torch._dynamo.reset()
+
+
+def test_compiled_training_matches_eager(data, tmp_path):
+    """pretrain --compile (padded batches in steps of 32 tokens, torch.compile through accelerate) trains the
+    same model as eager unpadded training: the same weights after 3 steps on rows with padding, up to rounding."""
+    from minibert_hf.tokenizer import SEP_ID
+
+    varied = []  # rows of 12..31 tokens, so batches hold padding (the fixture's rows are all 32 long)
+    for i, row in enumerate(load_pretraining_csv(data / "train64.csv")):
+        n = 12 + (i * 7) % 20
+        ids, labels = list(row["input_ids"][:n - 1]) + [SEP_ID], list(row["labels"][:n - 1]) + [-100]
+        varied.append({**row, "input_ids": ids, "labels": labels, "token_type_ids": row["token_type_ids"][:n]})
+    write_pretraining_csv(tmp_path / "varied.csv", varied)
+    for name, compiled in (("eager", False), ("compiled", True)):
+        # static masks and no dropout: the random draws of dynamic masks and dropout depend on the padded width
+        train(args_for(data, tmp_path / name, max_steps=3, compile=compiled, eval_steps=0, masking="static",
+                       config_overrides="hidden_dropout_prob=0,attention_probs_dropout_prob=0",
+                       train_file=[str(tmp_path / "varied.csv")]))
+    eager, compiled = (load_file(tmp_path / n / "final" / "model.safetensors") for n in ("eager", "compiled"))
+    assert set(eager) == set(compiled)
+    for key in eager:
+        assert torch.allclose(eager[key], compiled[key], atol=2e-5, rtol=1e-4), key
+    torch._dynamo.reset()
