@@ -44,6 +44,7 @@ The machine may be shared and noisy: the ratios are medians of A/B pairs measure
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import platform
@@ -55,6 +56,7 @@ import sys
 import shutil
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 if __package__ in (None, ""):  # `python scripts/bench.py` from a checkout
@@ -122,7 +124,11 @@ def parse_args(argv=None):
     run.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     run.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     run.add_argument("--bf16", action="store_true", help="bf16 autocast for both models")
-    run.add_argument("--compile", action="store_true", help="torch.compile both models")
+    run.add_argument("--compile", action="store_true", help="torch.compile both models as pretrain.py --compile "
+                                                             "does (batches padded to multiples of 32 tokens)")
+    run.add_argument("--reference", choices=("hf", "eager"), default="hf",
+                     help="the model ours is timed against: transformers' BertForPreTraining, or (with --compile) "
+                          "our own model run eagerly (unpadded), with the same weights")
     run.add_argument("--fused-adamw", action="store_true", help="AdamW(fused=True) for both models")
     run.add_argument("--learning-rate", type=float, default=1e-4)
     run.add_argument("--seed", type=int, default=0)
@@ -142,6 +148,8 @@ def parse_args(argv=None):
             p.error(f"--{name.replace('_', '-')} must be {'>= 0' if name == 'warmup' else 'positive'}, got {value}")
     if args.threads is not None and args.threads < 1:
         p.error(f"--threads must be positive, got {args.threads}")
+    if args.reference == "eager" and not args.compile:
+        p.error("--reference eager compares compiled with eager: it needs --compile")
     if args.inference_steps is None:
         args.inference_steps = args.steps
     return args
@@ -159,6 +167,8 @@ def run_name(args):
         name = f"{args.shape}-{name}"
     if args.compile:
         name += "-compile"
+    if args.reference == "eager":
+        name += "-vs-eager"
     if args.fused_adamw:
         name += "-fusedadamw"
     if args.threads is not None:
@@ -199,6 +209,8 @@ def build_models(args, vocab_size):
     ours_config, hf_config = model_configs(args, vocab_size)
     torch.manual_seed(args.seed)
     ours = MiniBertForPreTraining(ours_config)
+    if args.reference == "eager":  # the reference is our own model, the same weights, never compiled
+        return ours, copy.deepcopy(ours), []
     torch.manual_seed(args.seed)
     hf = BertForPreTraining(hf_config)
     copied = copy_weights(ours, hf)
@@ -519,16 +531,17 @@ def memory_child(args):
     from transformers import BertForPreTraining
 
     from minibert_hf import MiniBertForPreTraining
+    from minibert_hf.training import compile_model
 
     batches = torch.load(args.batches_file, weights_only=True)
     ours_config, hf_config = model_configs(args, batches["vocab_size"])
     torch.manual_seed(args.seed)
-    if args.memory_child == "ours":
+    if args.memory_child == "ours" or args.reference == "eager":
         model = MiniBertForPreTraining(ours_config)
     else:
         model = BertForPreTraining(hf_config)
-    if args.compile:
-        model = torch.compile(model, dynamic=True)
+    if args.compile and (args.memory_child == "ours" or args.reference == "hf"):
+        model = compile_model(model)
     model.train()
     step = make_train_step(model, optimizer_for(model, args), args)
     before = rss_bytes()
@@ -599,7 +612,8 @@ def measure_training(args, ours, hf, batches, held_out, peak):
         batch = batches[(args.warmup + i) % len(batches)]
         tokens.append(real_tokens(batch))
         for which, model in models.items():
-            flops[which].append(training_flops(getattr(model, "_orig_mod", model).config, batch, which == "ours"))
+            config = getattr(model, "_orig_mod", model).config
+            flops[which].append(training_flops(config, batch, ours=config.model_type == "minibert"))
         order = ("ours", "hf") if i % 2 == 0 else ("hf", "ours")
         for which in order:
             started = time.perf_counter()
@@ -721,6 +735,7 @@ def main(argv=None):
     from minibert_hf.atomic import write_text
     from minibert_hf.collator import DynamicMasker, collate_batch
     from minibert_hf.pretraining_csv import load_pretraining_csv
+    from minibert_hf.training import COMPILE_LENGTH_STEP, compile_model
 
     output_dir = Path(args.output_dir)
     machine = machine_info(args)
@@ -761,8 +776,10 @@ def main(argv=None):
 
     needed = args.warmup + max(args.steps, args.inference_steps) + 1
     batches = []
+    # compiled, as in pretrain.py --compile: padded lengths in steps of 32 tokens, a graph for each
+    collate = partial(collate_batch, pad_to_multiple_of=COMPILE_LENGTH_STEP) if args.compile else collate_batch
     while len(batches) < needed:
-        for batch in loader_for(dataset, args, collate_batch):
+        for batch in loader_for(dataset, args, collate):
             batches.append(batch)
             if len(batches) >= needed:
                 break
@@ -781,11 +798,15 @@ def main(argv=None):
     ours, hf, not_copied = build_models(args, vocab_size)
     ours, hf = ours.to(args.device), hf.to(args.device)
     if args.compile:
-        ours = torch.compile(ours, dynamic=True)
-        hf = torch.compile(hf, dynamic=True)
-    weights = ("same initial weights (ours copied into HF; HF's NSP pooler keeps its own)"
-               if set(not_copied) <= {"bert.pooler.dense.weight", "bert.pooler.dense.bias"}
-               else f"independent initialisation; not copied: {not_copied}")
+        ours = compile_model(ours)
+        if args.reference == "hf":
+            hf = compile_model(hf)
+    if args.reference == "eager":
+        weights = "same initial weights (the reference, in the HF columns, is our own model run eagerly)"
+    elif set(not_copied) <= {"bert.pooler.dense.weight", "bert.pooler.dense.bias"}:
+        weights = "same initial weights (ours copied into HF; HF's NSP pooler keeps its own)"
+    else:
+        weights = f"independent initialisation; not copied: {not_copied}"
 
     inference = measure_inference(args, ours, hf, batches)
     print(f"[bench] inference: {inference}", flush=True)
@@ -808,7 +829,7 @@ def main(argv=None):
         "timestamp": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "command": "python scripts/bench.py " + " ".join(shlex.quote(a) for a in argv),
         "machine": machine,
-        "config": {"shape": args.shape, "rows": args.rows, "device": args.device,
+        "config": {"shape": args.shape, "rows": args.rows, "device": args.device, "reference": args.reference,
                    "vocab_size": vocab_size, "hidden_size": args.hidden_size, "num_hidden_layers": args.num_layers,
                    "num_attention_heads": args.num_heads, "intermediate_size": args.intermediate_size,
                    "max_position_embeddings": args.max_position_embeddings, "batch_size": args.batch_size,
