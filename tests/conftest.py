@@ -1,6 +1,20 @@
 """Test-session settings: nothing a test does may read or fill the user's real caches."""
 
+import atexit
+import os
+import shutil
+import tempfile
+
 import pytest
+
+# Hugging Face's caches (datasets writes an Arrow copy of every CSV it loads) go to a folder of this test session,
+# removed at its end. Set here, at import, because the libraries read these variables when they are first imported;
+# subprocesses the tests start inherit them.
+HF_HOME = tempfile.mkdtemp(prefix="minibert-tests-hf-")
+os.environ["HF_HOME"] = HF_HOME
+os.environ["HF_DATASETS_CACHE"] = os.path.join(HF_HOME, "datasets")
+os.environ.pop("HF_HUB_CACHE", None)
+atexit.register(shutil.rmtree, HF_HOME, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="session")

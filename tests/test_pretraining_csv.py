@@ -141,3 +141,22 @@ def test_valid_rows_around_errors_load_after_fix(tmp_path):
     path = tmp_path / "data.csv"
     path.write_bytes(lines(GOOD, GOOD, GOOD))
     assert len(load_pretraining_csv(path, vocab_size=100, max_length=5)) == 3
+
+
+def test_loading_a_csv_fills_the_test_sessions_cache_not_the_users(tmp_path):
+    """datasets keeps an Arrow copy of every CSV it loads: in the test session's own HF_HOME (conftest), never in
+    the user's ~/.cache/huggingface."""
+    import os
+    from pathlib import Path
+
+    import datasets.config
+
+    home = Path(os.environ["HF_HOME"])
+    assert home != Path.home() / ".cache" / "huggingface" and home.name.startswith("minibert-tests-hf-")
+    assert Path(datasets.config.HF_DATASETS_CACHE).is_relative_to(home)
+    path = tmp_path / "rows.csv"
+    write_pretraining_csv(path, [{"input_ids": [2, 7, 4, 3, 9, 3], "token_type_ids": [0, 0, 0, 0, 1, 1],
+                                  "labels": [-100, -100, 8, -100, -100, -100], "next_sentence_label": 0}])
+    before = {p for p in home.rglob("*.arrow")}
+    assert len(load_pretraining_csv(path)) == 1
+    assert {p for p in home.rglob("*.arrow")} - before, "the Arrow copy went somewhere else"
