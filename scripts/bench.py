@@ -331,14 +331,21 @@ def make_forward(model, args):
 
 
 def eval_loss(model, batch, args):
+    """(loss, MLM loss) of the model on a held-out batch, in eval mode. The MLM loss is computed here from either
+    model's logits (ours: one row per target; HF's: every position), so both are the same quantity."""
     import torch
+    import torch.nn.functional as F
 
     was_training = model.training
     model.eval()
     with torch.inference_mode(), autocast(args.device, args.bf16):
         output = model(**batch)
     model.train(was_training)
-    return float(output.loss)
+    labels = batch["labels"]
+    logits = output.prediction_logits
+    if logits.dim() == 3:  # (batch, seq, vocab) -> the target positions
+        logits = logits[labels != -100]
+    return float(output.loss), float(F.cross_entropy(logits.float(), labels[labels != -100]))
 
 
 def real_tokens(batch):
@@ -632,8 +639,10 @@ def measure_training(args, ours, hf, batches, held_out, peak):
             "share_of_peak": round(achieved / peak["gflops_median"], 4),
             "train_loss_last": round(losses[which][-1], 4),
             "train_loss_mean_last5": round(stats.fmean(losses[which][-5:]), 4),
-            "held_out_loss_start": round(loss_start[which], 4),
-            "held_out_loss_end": round(loss_end[which], 4),
+            "held_out_loss_start": round(loss_start[which][0], 4),
+            "held_out_loss_end": round(loss_end[which][0], 4),
+            "held_out_mlm_loss_start": round(loss_start[which][1], 4),
+            "held_out_mlm_loss_end": round(loss_end[which][1], 4),
         }
     ratios = [h / o for o, h in zip(times["ours"], times["hf"])]
     result["speedup_median_of_pairs"] = round(stats.median(ratios), 3)

@@ -24,8 +24,9 @@ def run_bench(*args, cwd=ROOT):
 def bench_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("bench")
     out, data = tmp / "out", tmp / "data"
-    done = run_bench("--steps", "2", "--warmup", "1", "--memory-steps", "1", "--text-files", str(CORPUS),
-                     "--data-dir", str(data), "--output-dir", str(out), *TINY)
+    done = run_bench("--steps", "4", "--warmup", "1", "--memory-steps", "1", "--text-files", str(CORPUS),
+                     "--data-dir", str(data), "--output-dir", str(out), "--dropout", "0", "--learning-rate", "3e-3",
+                     *TINY)
     assert done.returncode == 0, done.stderr[-3000:]
     return out, data
 
@@ -40,7 +41,7 @@ def test_bench_writes_json_markdown_and_png(bench_run):
         assert training[which]["tokens_per_second"] > 0
         assert training[which]["held_out_loss_end"] > 0
         assert run["memory"][which]["peak_rss_mb"] > 0
-    assert training["steps_each"] == 2
+    assert training["steps_each"] == 4
     assert training["speedup_median_of_pairs"] > 0
     assert run["inference"]["speedup_median_of_pairs"] > 0
     assert run["data_prep"]["mb_per_second"] > 0
@@ -65,12 +66,20 @@ def test_bench_writes_json_markdown_and_png(bench_run):
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left behind
 
 
-def test_bench_models_start_from_the_same_weights(bench_run):
-    """Ours is copied into HF's layout, so before training both give the same MLM logits on real tokens."""
+def test_bench_models_start_from_the_same_weights_and_learn_alike(bench_run):
+    """Ours is copied into HF's layout, so before training both give the same MLM logits on real tokens; trained
+    on the same batches (no dropout), the held-out loss of both falls alike (HF's NSP pooler, which ours does not
+    have, is the only part that starts apart)."""
     out, _ = bench_run
     run = json.loads((out / "results.json").read_text())["runs"]["fp32-t1"]
     assert run["weights"].startswith("same initial weights")
     assert run["inference"]["logits_max_abs_diff_real_tokens"] < 1e-4
+    ours, hf = run["training"]["ours"], run["training"]["hf"]
+    assert abs(ours["held_out_mlm_loss_start"] - hf["held_out_mlm_loss_start"]) < 1e-4
+    assert abs(ours["held_out_loss_start"] - hf["held_out_loss_start"]) < 0.05  # the NSP part starts apart
+    fall = {name: m["held_out_mlm_loss_start"] - m["held_out_mlm_loss_end"] for name, m in (("ours", ours), ("hf", hf))}
+    assert fall["ours"] > 0.1 and fall["hf"] > 0.1
+    assert abs(fall["ours"] - fall["hf"]) < 0.1 * fall["hf"], fall
 
 
 def test_bench_from_csv_adds_a_run(bench_run):
