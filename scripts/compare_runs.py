@@ -6,7 +6,8 @@
 
 Each folder is a `pretrain.py --output-dir` (its metrics.jsonl is read; a run stopped early counts with the evals it
 has). The plot puts the epoch (training pairs seen / training pairs) on the x axis, so runs with different batch
-sizes line up by the data they have seen; ``--x-axis step`` puts optimizer steps there instead. Exit codes: 0 done, 2 a folder without eval records (one line on stderr).
+sizes line up by the data they have seen; ``--x-axis step`` puts optimizer steps there instead, and ``--x-axis
+share`` the share of each run's steps done (runs given the same time at different speeds line up). Exit codes: 0 done, 2 a folder without eval records (one line on stderr).
 """
 
 from __future__ import annotations
@@ -34,6 +35,17 @@ def markdown_table(runs: list[tuple[str, list[dict]]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+X_LABELS = {"epoch": "epochs (training pairs seen / pairs)", "step": "optimizer steps",
+            "share": "share of the run's steps"}
+
+
+def x_values(evals: list[dict], x_axis: str) -> list[float]:
+    """Where each eval record goes on the x axis: its epoch, its step, or its step over the run's last step."""
+    if x_axis == "share":
+        return [r["step"] / evals[-1]["step"] for r in evals]
+    return [r[x_axis] for r in evals]
+
+
 def plot(runs: list[tuple[str, list[dict]]], png: Path, x_axis: str = "epoch") -> None:
     import matplotlib
 
@@ -46,10 +58,9 @@ def plot(runs: list[tuple[str, list[dict]]], png: Path, x_axis: str = "epoch") -
     for axis, (key, title) in zip(axes, panels):
         for number, (label, evals) in enumerate(runs):
             style = ("-", "--", ":")[number // 10 % 3]  # the colour cycle has 10 colours
-            axis.plot([r[x_axis] for r in evals], [r[key] for r in evals], marker="o", linestyle=style,
+            axis.plot(x_values(evals, x_axis), [r[key] for r in evals], marker="o", linestyle=style,
                       markersize=3, label=label)
-        xlabel = "epochs (training pairs seen / pairs)" if x_axis == "epoch" else "optimizer steps"
-        axis.set(xlabel=xlabel, title=f"held-out {title}")
+        axis.set(xlabel=X_LABELS[x_axis], title=f"held-out {title}")
         axis.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.tight_layout()
@@ -62,9 +73,10 @@ def main(argv=None) -> int:
     parser.add_argument("--labels", nargs="+", help="one name per run (default: the folder names)")
     parser.add_argument("--png", type=Path, help="write the accuracy/loss curves here")
     parser.add_argument("--markdown", type=Path, help="write the table here (it is always printed)")
-    parser.add_argument("--x-axis", choices=("epoch", "step"), default="epoch",
+    parser.add_argument("--x-axis", choices=tuple(X_LABELS), default="epoch",
                         help="what the plot's x axis counts: epochs (runs of other batch sizes line up by data "
-                             "seen) or steps (runs whose training files differ in size line up)")
+                             "seen), steps (runs whose training files differ in size line up) or the share of "
+                             "each run's steps (runs given the same time at different speeds line up)")
     args = parser.parse_args(argv)
     labels = args.labels or [folder.name for folder in args.runs]
     if len(labels) != len(args.runs):

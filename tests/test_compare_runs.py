@@ -93,3 +93,15 @@ def test_bad_runs_are_one_line_exit_2(tmp_path, run):
     proc = run(good, "--labels", "one", "two", "--png", tmp_path / "never.png")
     assert proc.returncode == 2 and proc.stderr.strip() == "error: --labels: 2 names for 1 runs"
     assert not (tmp_path / "never.png").exists()
+
+
+def test_x_axis_share_puts_runs_of_different_lengths_on_one_scale(tmp_path):
+    sys.path.insert(0, str(SCRIPT.parent))
+    from compare_runs import x_values
+
+    from minibert_hf.metrics_log import eval_records
+
+    short = eval_records(write_run(tmp_path / "short", [(100, 0.1, 0.5), (200, 0.2, 0.6)]))
+    long = eval_records(write_run(tmp_path / "long", [(150, 0.1, 0.5), (300, 0.2, 0.6), (600, 0.3, 0.7)]))
+    assert x_values(short, "share") == [0.5, 1.0] and x_values(long, "share") == [0.25, 0.5, 1.0]
+    assert x_values(long, "step") == [150, 300, 600]
