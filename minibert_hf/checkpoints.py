@@ -57,12 +57,17 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, run: dict, save_to
     if accelerator.is_main_process:
         remove(tmp)
     accelerator.wait_for_everyone()
-    with quiet_saving():
-        accelerator.save_state(str(tmp), safe_serialization=True)
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / "training_state.json").write_text(json.dumps({"step": step, **run}, indent=2), encoding="utf-8")
-        replace(tmp, folder)
+    try:
+        with quiet_saving():
+            accelerator.save_state(str(tmp), safe_serialization=True)
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            (tmp / "training_state.json").write_text(json.dumps({"step": step, **run}, indent=2), encoding="utf-8")
+            replace(tmp, folder)
+    except BaseException:  # Ctrl-C or an error mid-save: no half-written checkpoint is left behind
+        if accelerator.is_main_process:
+            remove(tmp)
+        raise
         if save_total_limit:
             for stale in list_checkpoints(output_dir)[:-save_total_limit]:
                 remove(stale)

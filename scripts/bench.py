@@ -596,8 +596,6 @@ def measure_device_memory(args, models, batches):
 
 
 def measure_training(args, ours, hf, batches, held_out, peak):
-    import statistics as stats
-
     import torch
 
     from bench_flops import training_flops
@@ -629,31 +627,31 @@ def measure_training(args, ours, hf, batches, held_out, peak):
     loss_end = {which: eval_loss(model, held_out, args) for which, model in models.items()}
     result = {}
     for which in ("ours", "hf"):
-        achieved = stats.median(f / t for f, t in zip(flops[which], times[which])) / 1e9
+        achieved = statistics.median(f / t for f, t in zip(flops[which], times[which])) / 1e9
         result[which] = {
-            "median_ms": round(stats.median(times[which]) * 1000, 1),
+            "median_ms": round(statistics.median(times[which]) * 1000, 1),
             "min_ms": round(min(times[which]) * 1000, 1),
-            "tokens_per_second": round(stats.median(n / t for n, t in zip(tokens, times[which])), 1),
-            "gflop_per_step": round(stats.fmean(flops[which]) / 1e9, 3),
+            "tokens_per_second": round(statistics.median(n / t for n, t in zip(tokens, times[which])), 1),
+            "gflop_per_step": round(statistics.fmean(flops[which]) / 1e9, 3),
             "achieved_gflops": round(achieved, 1),
             "share_of_peak": round(achieved / peak["gflops_median"], 4),
             "train_loss_last": round(losses[which][-1], 4),
-            "train_loss_mean_last5": round(stats.fmean(losses[which][-5:]), 4),
+            "train_loss_mean_last5": round(statistics.fmean(losses[which][-5:]), 4),
             "held_out_loss_start": round(loss_start[which][0], 4),
             "held_out_loss_end": round(loss_end[which][0], 4),
             "held_out_mlm_loss_start": round(loss_start[which][1], 4),
             "held_out_mlm_loss_end": round(loss_end[which][1], 4),
         }
     ratios = [h / o for o, h in zip(times["ours"], times["hf"])]
-    result["speedup_median_of_pairs"] = round(stats.median(ratios), 3)
+    result["speedup_median_of_pairs"] = round(statistics.median(ratios), 3)
     result["speedup_min_of_pairs"] = round(min(ratios), 3)
     result["speedup_max_of_pairs"] = round(max(ratios), 3)
     result["flop_ratio"] = round(sum(flops["hf"]) / sum(flops["ours"]), 3)
     result["steps_each"] = args.steps
     result["warmup_each"] = args.warmup
-    result["real_tokens_per_batch_mean"] = round(stats.fmean(tokens), 1)
+    result["real_tokens_per_batch_mean"] = round(statistics.fmean(tokens), 1)
     result["padded_tokens_per_batch_mean"] = round(
-        stats.fmean(batches[(args.warmup + i) % len(batches)]["input_ids"].numel() for i in range(args.steps)), 1)
+        statistics.fmean(batches[(args.warmup + i) % len(batches)]["input_ids"].numel() for i in range(args.steps)), 1)
     return result
 
 

@@ -760,3 +760,26 @@ def test_compiled_training_matches_eager(data, tmp_path):
     for key in eager:
         assert torch.allclose(eager[key], compiled[key], atol=2e-5, rtol=1e-4), key
     torch._dynamo.reset()
+
+
+def test_an_interrupt_while_a_checkpoint_is_written_leaves_no_half_written_folder(data, tmp_path, monkeypatch):
+    """Ctrl-C that lands inside accelerator.save_state (the slow part of a checkpoint): the temporary folder goes,
+    the checkpoints already complete stay, and the interrupt reaches the caller."""
+    from accelerate import Accelerator
+
+    real_save = Accelerator.save_state
+    calls = []
+
+    def save_then_interrupt(self, output_dir=None, **kwargs):
+        calls.append(output_dir)
+        result = real_save(self, output_dir, **kwargs)
+        if len(calls) == 2:  # the second checkpoint: written in part, then Ctrl-C
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(Accelerator, "save_state", save_then_interrupt)
+    out = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(args_for(data, out, max_steps=6, checkpointing_steps=2, save_total_limit=None))
+    assert [p.name for p in list_checkpoints(out)] == ["step-2"]
+    assert Path(calls[1]).name == ".tmp-step-4" and no_temporary_names(out) == []
