@@ -68,9 +68,9 @@ def save_checkpoint(accelerator, output_dir: Path, step: int, run: dict, save_to
         if accelerator.is_main_process:
             remove(tmp)
         raise
-        if save_total_limit:
-            for stale in list_checkpoints(output_dir)[:-save_total_limit]:
-                remove(stale)
+    if accelerator.is_main_process and save_total_limit:
+        for stale in list_checkpoints(output_dir)[:-save_total_limit]:
+            remove(stale)
     accelerator.wait_for_everyone()
     return folder
 
