@@ -62,6 +62,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # `python scripts/bench.py` from a checkout
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from bench_flops import synchronize  # noqa: E402  (the one device wait, shared with the matrix-product timing)
+
 _BENCH = dict(vocab_size=30522, hidden_size=256, num_layers=4, num_heads=4, intermediate_size=1024,
               max_position_embeddings=512, dropout=0.1, batch_size=32)
 _MINI = dict(vocab_size=8192, hidden_size=128, num_layers=4, num_heads=4, intermediate_size=512,
@@ -281,14 +283,6 @@ def autocast(device, bf16):
     import torch
 
     return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, enabled=bf16)
-
-
-def synchronize(device):
-    """Wait for the device's queued work, so a wall-clock time covers it (CUDA runs asynchronously)."""
-    import torch
-
-    if torch.device(device).type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def to_device(batch, device):
@@ -585,7 +579,7 @@ def measure_device_memory(args, models, batches):
     results = {}
     for which, model in models.items():
         step = make_train_step(model, optimizer_for(model, args), args)
-        torch.cuda.synchronize(args.device)
+        synchronize(args.device)
         before = torch.cuda.memory_allocated(args.device)
         torch.cuda.reset_peak_memory_stats(args.device)
         for i in range(args.memory_steps):

@@ -70,6 +70,14 @@ def training_flops(config, batch, ours: bool) -> int:
     return 3 * forward_flops(config, batch, ours)
 
 
+def synchronize(device) -> None:
+    """Wait for the device's queued work, so a wall-clock time covers it (CUDA runs asynchronously)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def matmul_peak(device: str = "cpu", size: int = 2048, repeats: int = 7, dtype=None) -> dict:
     """The median rate of a (size x size) @ (size x size) product: the practical FLOP/s peak of this device and
     thread count, in GFLOP/s (fp32 unless ``dtype``)."""
@@ -79,18 +87,14 @@ def matmul_peak(device: str = "cpu", size: int = 2048, repeats: int = 7, dtype=N
     a = torch.randn(size, size, device=device).to(dtype)
     b = torch.randn(size, size, device=device).to(dtype)
 
-    def sync():
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
     for _ in range(2):  # warm-up: thread pools, kernel selection
         a @ b
-    sync()
+    synchronize(device)
     rates = []
     for _ in range(repeats):
         started = time.perf_counter()
         a @ b
-        sync()
+        synchronize(device)
         rates.append(2 * size**3 / (time.perf_counter() - started) / 1e9)
     return {"size": size, "dtype": str(dtype).replace("torch.", ""), "gflops_median": round(statistics.median(rates), 1),
             "gflops_max": round(max(rates), 1)}
