@@ -111,7 +111,18 @@ def train_tokenizer(
     backend.train_from_iterator(_iterate(), trainer=trainer)
     if not seen["any"]:
         raise MiniBertInputError("no text to train the tokenizer on")
+    backend.model = models.WordPiece(canonical_vocab(backend.get_vocab()), unk_token=UNK,
+                                     continuing_subword_prefix="##", max_input_chars_per_word=100)
     return build_hf_tokenizer(backend, model_max_length=model_max_length)
+
+
+def canonical_vocab(vocab: dict) -> dict:
+    """The same tokens numbered in a fixed order: the special ids, then whole words, then ``##`` pieces, each
+    alphabetically. The ``tokenizers`` trainer numbers tokens in an order that changes from run to run (it follows
+    hash-map iteration), and WordPiece's longest-match splitting does not depend on ids, so renumbering changes no
+    tokenization and makes a preparation of the same text give the same ids every time."""
+    words = sorted((token for token in vocab if token not in SPECIAL_TOKENS), key=lambda t: (t.startswith("##"), t))
+    return {token: index for index, token in enumerate([*SPECIAL_TOKENS, *words])}
 
 
 def load_tokenizer(path, model_max_length: int | None = None):

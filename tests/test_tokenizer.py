@@ -105,3 +105,35 @@ def test_tokenizer_with_other_special_ids_is_rejected(tmp_path):
         load_tokenizer(tmp_path)
     with pytest.raises(MiniBertInputError):
         check_special_ids(other)
+
+
+def test_training_twice_on_the_same_text_gives_the_same_ids():
+    """The tokenizers trainer numbers its tokens in hash-map order, different in every process and run; we renumber
+    them, so the same text always gives the same vocabulary file and the same ids (at 100 tokens the trainer picks
+    the same token set each time on this corpus; only its numbering varied)."""
+    lines = [line for line in FIXTURES.joinpath("corpus.txt").read_text(encoding="utf-8").splitlines() if line]
+    vocabularies = [train_tokenizer(lines, vocab_size=100).get_vocab() for _ in range(3)]
+    assert vocabularies[0] == vocabularies[1] == vocabularies[2]
+
+
+def test_the_vocabulary_is_numbered_specials_then_words_then_pieces_and_numbering_changes_no_split(tokenizer):
+    from tokenizers import models
+
+    from minibert_hf.tokenizer import canonical_vocab
+
+    vocab = tokenizer.get_vocab()
+    by_id = sorted(vocab, key=vocab.get)
+    words = [t for t in by_id[len(SPECIAL_TOKENS):] if not t.startswith("##")]
+    pieces = [t for t in by_id[len(SPECIAL_TOKENS):] if t.startswith("##")]
+    assert by_id == [*SPECIAL_TOKENS, *sorted(words), *sorted(pieces)] and words and pieces
+    assert canonical_vocab(dict(reversed(list(vocab.items())))) == vocab
+
+    # WordPiece splits by longest match: numbering the same tokens backwards gives the same pieces everywhere
+    backward = {token: len(vocab) - 1 - index for token, index in vocab.items()}
+    backend = tokenizer.backend_tokenizer
+    renumbered = type(backend).from_str(backend.to_str())
+    renumbered.model = models.WordPiece(backward, unk_token="[UNK]", continuing_subword_prefix="##")
+    text = FIXTURES.joinpath("corpus.txt").read_text(encoding="utf-8")
+    lines = [line for line in text.splitlines() if line] + ["Unheard-of wordings: lighthouses, zebras, 1999!"]
+    for line in lines:
+        assert renumbered.encode(line, add_special_tokens=False).tokens == tokenizer.tokenize(line), line
