@@ -69,7 +69,9 @@ class PretrainingArguments:
     output_dir: str = option("outputs/minibert", "where epoch-N/, final/, checkpoints/ and metrics.jsonl go")
     overwrite_output_dir: bool = option(False, "start afresh in a folder that holds a run")
     logging_steps: int = option(50, "write training loss to metrics.jsonl every N steps")
-    eval_steps: int = option(0, "evaluate every N steps; 0: after each epoch only")
+    eval_steps: float = option(0, "evaluate every N steps; below 1, a share of the run (0.25: at 25, 50, 75 and "
+                                  "100%%, of the steps or, with --max-train-minutes, of the time); 0: after each "
+                                  "epoch only")
     checkpointing_steps: int = option(0, "save resumable state every N steps (and at the end); 0: none")
     save_total_limit: int | None = option(2, "keep the newest K checkpoints")
     resume_from_checkpoint: str | None = option(None, "'latest' or a checkpoints/step-N folder")
@@ -105,7 +107,9 @@ class PretrainingArguments:
         for name in ("epochs", "batch_size", "gradient_accumulation_steps", "dupe_factor"):
             value = getattr(self, name)
             need(isinstance(value, int) and value >= 1, f"--{name.replace('_', '-')} must be at least 1, got {value}")
-        for name in ("logging_steps", "eval_steps", "checkpointing_steps", "num_workers"):
+        need(self.eval_steps >= 0 and (self.eval_steps < 1 or float(self.eval_steps).is_integer()),
+             f"--eval-steps must be a whole number of steps or a share of the run below 1, got {self.eval_steps}")
+        for name in ("logging_steps", "checkpointing_steps", "num_workers"):
             value = getattr(self, name)
             need(isinstance(value, int) and value >= 0, f"--{name.replace('_', '-')} must be 0 or more, got {value}")
         for name in ("max_steps", "eval_batch_size", "save_total_limit"):

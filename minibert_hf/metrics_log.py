@@ -61,20 +61,25 @@ def eval_records(path) -> list[dict]:
 class MetricsLog:
     """OUTPUT/metrics.jsonl: one JSON object per log or eval event (main process); mirrored to trackers.
 
-    Resuming at step N keeps the records up to step N and drops the rest (the resumed run writes them again).
+    Resuming at step N keeps the records up to step N and drops the rest (the resumed run writes them again). An
+    evaluation at step N that the resumed run repeats (to finish an epoch or the run) is not written twice: the
+    weights are the same, and so are its numbers.
     """
 
     def __init__(self, path: Path, accelerator, steps_per_epoch: int, truncate_after: int = 0):
         self.path, self.accelerator, self.steps_per_epoch = Path(path), accelerator, steps_per_epoch
+        kept = []
+        if truncate_after and self.path.is_file():
+            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= truncate_after]
+        self.evaluated = {r["step"] for r in kept if "eval_loss" in r and r["step"] == truncate_after}
         if accelerator.is_main_process:
-            kept = []
-            if truncate_after and self.path.is_file():
-                kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= truncate_after]
             write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, step: int, **values) -> dict:
         record = {"step": step, "epoch": step / self.steps_per_epoch, **values}
         record = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}
+        if "eval_loss" in record and step in self.evaluated:
+            return record  # repeated after a resume: logged before the interruption
         if self.accelerator.is_main_process:
             with open(self.path, "a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")

@@ -100,8 +100,9 @@ def train(args) -> dict:
     skip *= args.gradient_accumulation_steps
     if global_step and skip == 0:  # resumed at the end of an epoch: finish it (eval, epoch-N/) with no batches
         start_epoch, skip = start_epoch - 1, len(train_dl)
+    eval_due = EvalSchedule(args.eval_steps, budget, global_step)
     log = MetricsLog(output_dir / "metrics.jsonl", accelerator, steps_per_epoch, truncate_after=global_step)
-    meter = TrainMeter(log, accelerator, args, total_steps, global_step)
+    meter = TrainMeter(log, accelerator, args, budget, global_step)
     metrics = None
 
     for epoch in range(start_epoch, num_epochs):
@@ -132,7 +133,7 @@ def train(args) -> dict:
                 continue
             global_step += 1
             meter.step_done(global_step, grad_norm, lr_scheduler.get_last_lr()[0])
-            if args.eval_steps and global_step % args.eval_steps == 0:
+            if eval_due(global_step):
                 metrics = evaluate_and_log(forward, eval_dl, accelerator, log, global_step)
             if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
                 save_checkpoint(accelerator, output_dir, global_step, budget.state(run), args.save_total_limit)
@@ -375,6 +376,28 @@ class Budget:
         return {**run, "elapsed_seconds": round(self.elapsed, 3)}
 
 
+class EvalSchedule:
+    """When to evaluate: every `every` steps, or, for `every` below 1, at the first step past each multiple of that
+    share of the run as the budget measures it (0.25: at 25, 50, 75 and 100% of the steps or of the time budget).
+    Resumed at `step`, the shares already passed are not repeated."""
+
+    def __init__(self, every: float, budget: Budget, step: int):
+        self.every, self.budget = every, budget
+        self.passed = self._shares(step) if 0 < every < 1 else 0
+
+    def _shares(self, step: int) -> int:
+        return math.floor(min(self.budget.progress(step), 1.0) / self.every + 1e-9)
+
+    def __call__(self, step: int) -> bool:
+        if self.every >= 1:
+            return step % int(self.every) == 0
+        if self.every <= 0:
+            return False
+        shares = self._shares(step)
+        due, self.passed = shares > self.passed, shares
+        return due
+
+
 def mlm_probability_at(progress: float, start: float, end: float | None) -> float:
     """The dynamic-masking rate at `progress` (0..1 of the run, as the learning-rate schedule sees it): `start`
     throughout, or, with `end`, falling linearly from `start` to `end` (more context per target late in training)."""
@@ -409,7 +432,7 @@ class TrainMeter:
     """Training-side bookkeeping: running loss/token sums between log lines (summed over processes when
     written), the progress bar, and the count of steps skipped for a NaN/inf gradient (abort after a few in a row)."""
 
-    def __init__(self, log, accelerator, args, total_steps, initial_step):
+    def __init__(self, log, accelerator, args, budget, initial_step):
         from tqdm.auto import tqdm
 
         self.log, self.accelerator, self.logging_steps = log, accelerator, args.logging_steps
@@ -418,7 +441,11 @@ class TrainMeter:
         self.window = torch.zeros(5, dtype=torch.float32, device=accelerator.device)
         self.started = time.perf_counter()
         self.skipped, self.skipped_in_a_row = 0, 0
-        self.progress = tqdm(total=total_steps, initial=initial_step, desc="pretraining", unit="step",
+        # the bar counts steps, or with a time budget the seconds of it spent (the steps it will take are unknown)
+        self.timed = budget if budget.seconds is not None else None
+        total, initial = ((round(budget.seconds), min(round(budget.elapsed), round(budget.seconds))) if self.timed
+                          else (budget.total_steps, initial_step))
+        self.progress = tqdm(total=total, initial=initial, desc="pretraining", unit="s" if self.timed else "step",
                              disable=not (accelerator.is_main_process and args.progress), dynamic_ncols=True)
 
     def add(self, outputs, batch):
@@ -430,7 +457,10 @@ class TrainMeter:
         self.window += torch.where(finite, values, torch.zeros_like(values))
 
     def step_done(self, step, grad_norm, learning_rate):
-        self.progress.update(1)
+        if self.timed:
+            self.progress.update(min(round(self.timed.elapsed), self.progress.total) - self.progress.n)
+        else:
+            self.progress.update(1)
         if torch.isfinite(grad_norm):
             self.skipped_in_a_row = 0
         else:
@@ -450,7 +480,7 @@ class TrainMeter:
                                     skipped_steps=self.skipped,
                                     tokens_per_second=sums[4] / (time.perf_counter() - self.started))
             if record["train_loss"] is not None:
-                self.progress.set_postfix(loss=f"{record['train_loss']:.3f}",
+                self.progress.set_postfix(**({"step": step} if self.timed else {}), loss=f"{record['train_loss']:.3f}",
                                           tok_s=f"{record['tokens_per_second']:.0f}")
             self.window.zero_()
             self.started = time.perf_counter()

@@ -7,6 +7,8 @@ import tempfile
 
 import pytest
 
+import global_state
+
 # Hugging Face's caches (datasets writes an Arrow copy of every CSV it loads) go to a folder of this test session,
 # removed at its end. Set here, at import, because the libraries read these variables when they are first imported;
 # subprocesses the tests start inherit them.
@@ -59,3 +61,24 @@ def trained():
     from test_inference import trained_model_folder
 
     return trained_model_folder()
+
+
+def _check_restored(before: dict, where: str) -> None:
+    changed = global_state.changed_since(before)
+    assert not changed, f"{where} changed process-wide state and did not restore it (before, after): {changed}"
+
+
+@pytest.fixture(autouse=True, scope="module")
+def module_restores_global_state(request):
+    """A module's fixtures (e.g. one torch thread for its tiny models) put back what they changed."""
+    before = global_state.snapshot()
+    yield
+    _check_restored(before, request.module.__name__)
+
+
+@pytest.fixture(autouse=True)
+def test_restores_global_state(request):
+    """A test leaves torch's thread count, log levels and progress bars as it found them."""
+    before = global_state.snapshot()
+    yield
+    _check_restored(before, request.node.nodeid)

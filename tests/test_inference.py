@@ -64,28 +64,12 @@ def _story_batch(tokenizer, rng: random.Random, generator: torch.Generator, size
 
 
 def story_tokenizer():
-    """A WordPiece tokenizer over the words of the fixture corpus and STORY, wrapped like the project's.
-
-    Built from a sorted word list rather than with ``train_tokenizer``: the ``tokenizers`` trainer breaks
-    frequency ties differently from one process to the next, and these tests need the same ids every run.
-    """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-
-    from minibert_hf.tokenizer import SPECIAL_TOKENS, UNK, build_hf_tokenizer
+    """The fixed-vocabulary tokenizer over every word of the fixture corpus and STORY (the same ids every run)."""
+    from fixture_tokenizer import fixed_tokenizer
 
     corpus = FIXTURES / "corpus.txt"
     texts = corpus.read_text(encoding="utf-8").splitlines() if corpus.is_file() else []
-    normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=True,
-                                            lowercase=True)
-    pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    words = {word for text in texts + STORY for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))}
-    chars = sorted({char for word in words for char in word})
-    vocab = list(SPECIAL_TOKENS) + sorted(words) + [c for c in chars if c not in words] + ["##" + c for c in chars]
-    backend = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token=UNK))
-    backend.normalizer = normalizer
-    backend.pre_tokenizer = pre_tokenizer
-    backend.decoder = decoders.WordPiece(prefix="##")
-    return build_hf_tokenizer(backend, model_max_length=64)
+    return fixed_tokenizer(texts + STORY)
 
 
 def build_trained_folder(folder: Path, steps: int = 400, lr: float = 5e-3) -> Path:
@@ -324,9 +308,12 @@ def load_script(name: str):
     """Import scripts/<name>.py as a module (to run its main() in-process, which is faster than a subprocess)."""
     import importlib.util
 
+    from global_state import restoring
+
     spec = importlib.util.spec_from_file_location(f"script_{name}", ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
+    module.main = restoring(module.main)  # what the CLI sets for its process (log levels, threads) is put back
     return module
 
 

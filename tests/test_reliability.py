@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ast
 import csv
-import importlib.util
 import json
 import os
 import shutil
@@ -28,6 +27,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from test_inference import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -77,13 +78,6 @@ def leftovers(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
 
 
-def load_script(name: str):
-    spec = importlib.util.spec_from_file_location(f"reliability_{name}", ROOT / "scripts" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def run_in_process(script: str, argv, capsys) -> tuple[int, str, str]:
     from minibert_hf.cli import run_cli
 
@@ -109,19 +103,28 @@ def write_csv_rows(path: Path, header, rows) -> Path:
 # ------------------------------------------------------------------------------------------------ fixtures
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread_here():
+    """The in-process runs of this module use one torch thread (the real processes run meanwhile); restored after."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     """Fixture prose -> train.csv/test.csv/tokenizer (vocab 300, rows of 32), train64.csv, and bad variants."""
-    import torch
-
     from minibert_hf.pretraining_csv import load_pretraining_csv, write_pretraining_csv
     from minibert_hf.pretraining_data import prepare_pretraining_data
-    from minibert_hf.tokenizer import train_tokenizer
+    from fixture_tokenizer import fixed_tokenizer, fixture_texts
 
-    torch.set_num_threads(1)
     folder = tmp_path_factory.mktemp("reliability-data")
-    prepare_pretraining_data(folder, text_files=sorted(map(str, FIXTURES.glob("*.txt"))), vocab_size=300,
-                             max_seq_length=32, test_size=0.2, seed=1, show_progress=False)
+    prepare_pretraining_data(folder, text_files=sorted(map(str, FIXTURES.glob("*.txt"))), max_seq_length=32,
+                             tokenizer=fixed_tokenizer(fixture_texts(FIXTURES), vocab_size=300, model_max_length=32),
+                             test_size=0.2, seed=1, show_progress=False)
     rows = list(load_pretraining_csv(folder / "train.csv"))
     assert len(rows) >= 64, len(rows)
     write_pretraining_csv(folder / "train64.csv", rows[:64])
@@ -152,8 +155,7 @@ def data(tmp_path_factory) -> Path:
     write_pretraining_csv(bad / "long_rows.csv", long_rows)
 
     # a tokenizer far smaller than the one the CSV ids come from
-    texts = [line for path in sorted(FIXTURES.glob("*.txt")) for line in path.read_text().splitlines() if line]
-    small = train_tokenizer(texts, vocab_size=60)
+    small = fixed_tokenizer(fixture_texts(FIXTURES), vocab_size=150)
     assert len(small) < 250, len(small)
     small.save_pretrained(bad / "small_tokenizer")
     (bad / "broken_tokenizer").mkdir()

@@ -19,6 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from fixture_tokenizer import fixed_tokenizer, fixture_texts
 from isolation import BLOCK_MINIBERT_HF
 from minibert_hf import model_folder, pretraining_data, training
 from minibert_hf.arguments import PretrainingArguments
@@ -57,9 +58,10 @@ def data(tmp_path_factory):
     """train.csv/test.csv/tokenizer from the data pipeline, plus CSVs cut to exact row counts."""
     folder = tmp_path_factory.mktemp("data")
     docs = _documents()
+    texts = [p for doc in docs for p in doc] if docs else fixture_texts(FIXTURES)
     prepare_pretraining_data(folder, text_files=None if docs else sorted(map(str, FIXTURES.glob("*.txt"))),
-                             documents=docs, vocab_size=300, max_seq_length=32, test_size=0.2, seed=1,
-                             show_progress=False)
+                             documents=docs, tokenizer=fixed_tokenizer(texts, vocab_size=300, model_max_length=32),
+                             max_seq_length=32, test_size=0.2, seed=1, show_progress=False)
     rows = list(load_pretraining_csv(folder / "train.csv"))
     assert len(rows) >= 64, len(rows)
     write_pretraining_csv(folder / "train64.csv", rows[:64])
@@ -96,6 +98,18 @@ def args_for(data, out, **overrides):
 
 def read_metrics(out):
     return [json.loads(line) for line in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def eval_steps_of(out):
+    return [r["step"] for r in read_metrics(out) if "eval_loss" in r]
+
+
+def test_eval_steps_below_1_are_shares_of_the_run(data, tmp_path):
+    """--eval-steps 0.25 over 8 steps evaluates at steps 2, 4, 6 and 8 (as Trainer reads a float below 1)."""
+    train(args_for(data, tmp_path / "run", max_steps=8, eval_steps=0.25, batch_size=8))
+    assert eval_steps_of(tmp_path / "run") == [2, 4, 6, 8]
+    with pytest.raises(UserError, match="--eval-steps must be a whole number"):
+        args_for(data, tmp_path / "bad", eval_steps=2.5).check()
 
 
 def no_temporary_names(out):
@@ -185,13 +199,13 @@ def test_evaluate_matches_a_hand_computation(data):
 
     torch.manual_seed(0)
     model = MiniBertForPreTraining(MiniBertConfig.from_preset("tiny", vocab_size=300)).eval()
-    rows = load_pretraining_csv(data / "test.csv").select(range(5))
+    rows = load_pretraining_csv(data / "test.csv").select(range(7))
     # Make the most common target the model's favourite word, so accuracy is neither 0 nor 1 (and differs at [MASK]).
     favourite = Counter(label for row in rows for label in row["labels"] if label != -100).most_common(1)[0][0]
     with torch.no_grad():
         model.lm_head.decoder.bias[favourite] += 50.0
     accelerator = Accelerator(cpu=True)
-    loader = accelerator.prepare(DataLoader(rows, batch_size=2, collate_fn=collate_batch))  # 2 + 2 + 1 rows
+    loader = accelerator.prepare(DataLoader(rows, batch_size=2, collate_fn=collate_batch))  # 2 + 2 + 2 + 1 rows
     got = evaluate(model, loader, accelerator)
 
     mlm_losses, mlm_hits, mask_hits, nsp_losses, nsp_hits = [], [], [], [], []
@@ -210,9 +224,9 @@ def test_evaluate_matches_a_hand_computation(data):
             nsp_losses.append(-log_probs[row["next_sentence_label"]].item())
             nsp_hits.append(int(out.seq_relationship_logits[0].argmax()) == row["next_sentence_label"])
     mlm_loss = sum(mlm_losses) / len(mlm_losses)
-    expected = {"mlm_loss": mlm_loss, "nsp_loss": sum(nsp_losses) / 5, "loss": mlm_loss + sum(nsp_losses) / 5,
+    expected = {"mlm_loss": mlm_loss, "nsp_loss": sum(nsp_losses) / 7, "loss": mlm_loss + sum(nsp_losses) / 7,
                 "mlm_accuracy": sum(mlm_hits) / len(mlm_hits), "mlm_accuracy_at_mask": sum(mask_hits) / len(mask_hits),
-                "nsp_accuracy": sum(nsp_hits) / 5, "perplexity": float(torch.tensor(mlm_loss).exp())}
+                "nsp_accuracy": sum(nsp_hits) / 7, "perplexity": float(torch.tensor(mlm_loss).exp())}
     assert len(mlm_losses) > 5 and 0 < expected["mlm_accuracy"] < 1 and len(mask_hits) < len(mlm_hits)
     assert expected["mlm_accuracy_at_mask"] != expected["mlm_accuracy"]
     for key, value in expected.items():
@@ -581,8 +595,9 @@ def test_a_time_budget_schedules_by_elapsed_time_and_stops_on_time(data, tmp_pat
     monkeypatch.setattr(training, "clock", lambda: next(ticks))
     out = tmp_path / "run"
     result = train(args_for(data, out, max_steps=1000, max_train_minutes=0.5, warmup_ratio=0.2,
-                            learning_rate=1e-3, checkpointing_steps=2))
+                            learning_rate=1e-3, checkpointing_steps=2, eval_steps=0.4))
     assert result["step"] == 5
+    assert eval_steps_of(out) == [2, 4, 5]  # 40% and 80% of the time, then the end
     logged = {r["step"]: r["learning_rate"] for r in read_metrics(out) if "learning_rate" in r}
     # after step s the clock reads 6 s: progress s/5 (far ahead of s/1000 by steps); warm-up to 0.2, then decay
     assert logged == pytest.approx({1: 1e-3, 2: 7.5e-4, 3: 5e-4, 4: 2.5e-4, 5: 0.0})
@@ -595,8 +610,10 @@ def test_a_time_budget_schedules_by_elapsed_time_and_stops_on_time(data, tmp_pat
     shutil.copytree(out, resumed, ignore=shutil.ignore_patterns("final", "epoch-*", "step-5*"))
     ticks = iter(range(1000, 10_000, 6))  # a new process: another clock origin
     result = train(args_for(data, resumed, max_steps=1000, max_train_minutes=0.5, warmup_ratio=0.2,
-                            learning_rate=1e-3, checkpointing_steps=2, resume_from_checkpoint="latest"))
+                            learning_rate=1e-3, checkpointing_steps=2, resume_from_checkpoint="latest",
+                            eval_steps=0.4))
     assert result["step"] == 5
+    assert eval_steps_of(resumed) == [2, 4, 5]  # 80% had passed before the interruption: not evaluated again
     logged = [r["step"] for r in read_metrics(resumed) if "learning_rate" in r]
     assert logged == [1, 2, 3, 4, 5]  # steps 1-4 from before the interruption, 5 after it: none trained twice
     assert read_metrics(resumed)[-1]["step"] == 5
