@@ -214,7 +214,7 @@ def _fmt_metric(key: str, value) -> str:
     value = float(value)
     if not math.isfinite(value):
         return str(value)
-    if key.endswith("accuracy"):
+    if "accuracy" in key:  # mlm_accuracy, mlm_accuracy_at_mask, ...
         return f"{100 * value:.2f}%" if value <= 1.0 else f"{value:.2f}%"
     return f"{value:.4g}" if key != "perplexity" else f"{value:.2f}"
 

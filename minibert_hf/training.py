@@ -419,7 +419,8 @@ def save_model(accelerator, model, tokenizer, folder, args, data, metrics) -> Pa
 
     state_dict = accelerator.get_state_dict(model)  # on every process (FSDP gathers the shards)
     if accelerator.is_main_process:
-        card = dict(metrics={k.removeprefix("eval_"): v for k, v in (metrics or {}).items() if k.startswith("eval_")},
+        card = dict(metrics={k.removeprefix("eval_"): v for k, v in (metrics or {}).items()
+                             if k.startswith("eval_") or k in ("step", "epoch")},  # the card says when: step N
                     data_info=data["info"], training_args=args.card_fields(),
                     loss_curve=Path(args.output_dir) / "loss_curve.png",
                     model_name=Path(args.output_dir).resolve().name, repo_id=args.hub_model_id)

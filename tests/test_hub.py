@@ -3,11 +3,13 @@ and the failure paths use a closed port and a local HTTP server on 127.0.0.1."""
 
 from __future__ import annotations
 
+import base64
+import contextlib
+import gzip
 import http.server
 import json
 import os
 import shutil
-import socket
 import sys
 import threading
 from argparse import Namespace
@@ -23,6 +25,7 @@ from minibert_hf.hub import push_to_hub, shareable_files
 from minibert_hf.model_card import write_model_card
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ports import refusing_port  # noqa: E402
 from test_inference import ROOT, assert_one_line_error, run_script  # noqa: E402
 
 FAKE_TOKEN = "hf_FakeTokenForTests0123456789abcdef"
@@ -245,16 +248,11 @@ def test_push_refuses_incomplete_folders_and_bad_ids(trained, tmp_path, monkeypa
     assert RecordingApi.calls == []  # nothing reached the Hub
 
 
-def _closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_push_cli_unreachable_hub_is_one_line_exit_1_without_the_token(trained, tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("HF_")}
-    env.update(HF_TOKEN=FAKE_TOKEN, HF_ENDPOINT=f"http://127.0.0.1:{_closed_port()}", HF_HOME=str(tmp_path / "hf"))
-    proc = run_script("push_to_hub.py", trained, "--repo-id", "someone/minibert-test", env=env, cwd=tmp_path)
+    with refusing_port() as port:
+        env.update(HF_TOKEN=FAKE_TOKEN, HF_ENDPOINT=f"http://127.0.0.1:{port}", HF_HOME=str(tmp_path / "hf"))
+        proc = run_script("push_to_hub.py", trained, "--repo-id", "someone/minibert-test", env=env, cwd=tmp_path)
     assert_one_line_error(proc, 1, "cannot reach the Hugging Face Hub", "127.0.0.1")
     assert FAKE_TOKEN not in proc.stdout + proc.stderr and FAKE_TOKEN[3:12] not in proc.stdout + proc.stderr
     assert "someone/minibert-test" in proc.stdout  # it said what it was about to upload
@@ -307,24 +305,109 @@ class _RefusingHub(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@pytest.mark.parametrize("status, fragment", [(401, "401 Unauthorized"), (403, "403 Forbidden"), (404, "404")])
-def test_push_refused_by_the_hub_is_a_hub_error_without_the_token(trained, monkeypatch, status, fragment):
+@contextlib.contextmanager
+def serving(handler, monkeypatch):
+    """A local HTTP server answering with `handler`, as huggingface_hub's endpoint for the duration."""
     from huggingface_hub import constants
 
-    handler = type("Handler", (_RefusingHub,), {"status": status})
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
         monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{server.server_address[1]}")
-        with pytest.raises(HubError) as error:
-            push_to_hub(trained, "someone/minibert-test", token=FAKE_TOKEN)
+        yield server
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("status, fragment", [(401, "401 Unauthorized"), (403, "403 Forbidden"), (404, "404")])
+def test_push_refused_by_the_hub_is_a_hub_error_without_the_token(trained, monkeypatch, status, fragment):
+    with serving(type("Handler", (_RefusingHub,), {"status": status}), monkeypatch):
+        with pytest.raises(HubError) as error:
+            push_to_hub(trained, "someone/minibert-test", token=FAKE_TOKEN)
     message = str(error.value)
     assert fragment in message and "someone/minibert-test" in message
     assert FAKE_TOKEN not in message and "\n" not in message
+
+
+class _LocalHub(http.server.BaseHTTPRequestHandler):
+    """The Hub endpoints an upload of small files goes through, recording what they are sent: repo creation, the
+    model card's metadata check, the pre-upload check (answered "regular" for every file: its bytes travel inside the
+    commit, no LFS), and the commit (newline-delimited JSON, one line per file, base64 content)."""
+
+    repos: list = []
+    cards: list = []
+    commits: list = []
+
+    def _reply(self, status: int, payload: dict) -> None:
+        body = json.dumps(payload).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self):
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.headers.get("Content-Encoding") == "gzip":
+            body = gzip.decompress(body)
+        token = self.headers.get("Authorization")
+        host = f"http://{self.headers['Host']}"
+        if self.path == "/api/repos/create":
+            request = json.loads(body)
+            self.repos.append({**request, "authorization": token})
+            return self._reply(200, {"url": f"{host}/{request['organization']}/{request['name']}"})
+        if self.path == "/api/validate-yaml":  # huggingface_hub checks a model card's metadata before committing
+            self.cards.append(json.loads(body)["content"])
+            return self._reply(200, {"errors": [], "warnings": []})
+        if "/preupload/" in self.path:
+            files = json.loads(body)["files"]
+            return self._reply(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
+                                               for f in files]})
+        if "/commit/" in self.path:
+            lines = [json.loads(line) for line in body.decode().splitlines() if line]
+            files = {line["value"]["path"]: base64.b64decode(line["value"]["content"])
+                     for line in lines if line["key"] == "file"}
+            header = next(line["value"] for line in lines if line["key"] == "header")
+            self.commits.append({"path": self.path, "summary": header["summary"], "files": files,
+                                 "authorization": token})
+            repo = self.path.removeprefix("/api/models/").split("/commit/")[0]
+            return self._reply(200, {"commitUrl": f"{host}/{repo}/commit/{'0' * 40}", "commitOid": "0" * 40})
+        self._reply(404, {"error": f"no such endpoint here: {self.path}"})
+
+    def do_GET(self):
+        self._reply(404, {"error": "not served"})
+
+    do_HEAD = do_GET
+
+    def log_message(self, *args):
+        pass
+
+
+def test_push_goes_through_huggingface_hubs_real_upload_path(trained, tmp_path, monkeypatch):
+    """No stand-in for HfApi: push_to_hub talks HTTP to a local Hub, which receives exactly the shareable files,
+    byte for byte (the card with its snippet pointed at the repo), under the token, in one commit to main."""
+    folder = _model_folder_with_training_leftovers(trained, tmp_path)
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    hub = type("Hub", (_LocalHub,), {"repos": [], "cards": [], "commits": []})
+    with serving(hub, monkeypatch) as server:
+        url = push_to_hub(folder, "someone/minibert-test", private=True, commit_message="first upload")
+    assert url == f"http://127.0.0.1:{server.server_address[1]}/someone/minibert-test"
+    assert hub.repos == [{"name": "minibert-test", "organization": "someone", "visibility": "private", "type": "model",
+                          "authorization": f"Bearer {FAKE_TOKEN}"}]
+    [commit] = hub.commits
+    assert commit["path"] == "/api/models/someone/minibert-test/commit/main"
+    assert commit["summary"] == "first upload" and commit["authorization"] == f"Bearer {FAKE_TOKEN}"
+    assert sorted(commit["files"]) == EXPECTED_UPLOAD
+    for name in EXPECTED_UPLOAD:
+        if name != "README.md":
+            assert commit["files"][name] == (folder / name).read_bytes(), name
+    card = commit["files"]["README.md"].decode()
+    [metadata] = hub.cards
+    assert "library_name: transformers" in metadata and card.startswith("---\n")
+    assert 'model_id = "someone/minibert-test"' in card and FAKE_TOKEN not in card
+    assert card.replace('"someone/minibert-test"', '"path/to/this/folder"') == (folder / "README.md").read_text()
 
 
 def test_card_template_is_packaged_with_the_module():

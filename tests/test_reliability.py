@@ -16,6 +16,7 @@ together in the background when the module starts (`procs`), the in-process case
 from __future__ import annotations
 
 import ast
+import contextlib
 import csv
 import json
 import os
@@ -28,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from ports import refusing_port
 from test_inference import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -48,17 +50,9 @@ def base_env(tmp: Path, **extra) -> dict:
     return env
 
 
-def closed_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def token_env(tmp: Path) -> dict:
-    """HF_TOKEN set, and a Hub endpoint on a closed local port: the upload at the end fails (no network used)."""
-    env = base_env(tmp, HF_TOKEN=FAKE_TOKEN, HF_ENDPOINT=f"http://127.0.0.1:{closed_port()}")
+def token_env(tmp: Path, port: int) -> dict:
+    """HF_TOKEN set, and a Hub endpoint on a refusing local port: the upload at the end fails (no network used)."""
+    env = base_env(tmp, HF_TOKEN=FAKE_TOKEN, HF_ENDPOINT=f"http://127.0.0.1:{port}")
     env.pop("HF_HUB_OFFLINE")
     return env
 
@@ -260,6 +254,8 @@ def start_processes_early(request):
 def procs(data, model_folders, tmp_path_factory):
     """Every real-process case, started at once when the module starts; the in-process tests run meanwhile."""
     tmp = tmp_path_factory.mktemp("processes")
+    held = contextlib.ExitStack()
+    hub_port = held.enter_context(refusing_port())  # the token run's Hub: refused until every process is done
     env = base_env(tmp)
     topics = write_csv_rows(tmp / "topics.csv", ["text", "label"],
                             [[f"the river and the bridge number {i}", i % 2] for i in range(40)])
@@ -270,7 +266,7 @@ def procs(data, model_folders, tmp_path_factory):
                                                    "--logging-steps", "1", "--checkpointing-steps", "2",
                                                    "--report-to", "tensorboard", "--push-to-hub",
                                                    "--hub-model-id", "someone/minibert-test"),
-                      token_env(tmp)),
+                      token_env(tmp, hub_port)),
         "broken JSON": ("pretrain.py", pretrain_args(data, outputs["broken JSON"],
                                                      train=data / "bad" / "broken_json.csv"), env),
         "unwritable output dir": ("pretrain.py", pretrain_args(data, unwritable_output(tmp)), env),
@@ -296,6 +292,7 @@ def procs(data, model_folders, tmp_path_factory):
     running.killer.start()
     yield running
     running.stop()
+    held.close()
 
 
 def kill_after_first_step(proc: subprocess.Popen, metrics: Path) -> None:

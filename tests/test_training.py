@@ -598,6 +598,8 @@ def test_a_time_budget_schedules_by_elapsed_time_and_stops_on_time(data, tmp_pat
                             learning_rate=1e-3, checkpointing_steps=2, eval_steps=0.4))
     assert result["step"] == 5
     assert eval_steps_of(out) == [2, 4, 5]  # 40% and 80% of the time, then the end
+    card = (out / "final" / "README.md").read_text()  # where a timed run stopped, and its numbers as percentages
+    assert "(after epoch 1.25, step 5)" in card and re.search(r"\| MLM accuracy at \[MASK\] positions \| [\d.]+% \|", card)
     logged = {r["step"]: r["learning_rate"] for r in read_metrics(out) if "learning_rate" in r}
     # after step s the clock reads 6 s: progress s/5 (far ahead of s/1000 by steps); warm-up to 0.2, then decay
     assert logged == pytest.approx({1: 1e-3, 2: 7.5e-4, 3: 5e-4, 4: 2.5e-4, 5: 0.0})
