@@ -446,8 +446,10 @@ class TrainMeter:
         self.timed = budget if budget.seconds is not None else None
         total, initial = ((round(budget.seconds), min(round(budget.elapsed), round(budget.seconds))) if self.timed
                           else (budget.total_steps, initial_step))
+        timed_format = "{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} s [{elapsed}<{remaining}{postfix}]"
         self.progress = tqdm(total=total, initial=initial, desc="pretraining", unit="s" if self.timed else "step",
-                             disable=not (accelerator.is_main_process and args.progress), dynamic_ncols=True)
+                             bar_format=timed_format if self.timed else None, dynamic_ncols=True,
+                             disable=not (accelerator.is_main_process and args.progress))
 
     def add(self, outputs, batch):
         """Add one micro-batch (a NaN/inf loss counts for nothing), without waiting for the device."""

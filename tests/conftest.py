@@ -46,13 +46,9 @@ def torch_load_flags(monkeypatch):
 
 @pytest.fixture
 def one_thread():
-    """Tiny models on a shared 2-core machine: one torch thread avoids oversubscription; restored afterwards."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    """One torch thread for the test (tiny models on a shared 2-core machine); restored afterwards."""
+    with global_state.torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ The conftest checks that every test and every module leaves them as it found the
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 
@@ -49,3 +50,17 @@ def restoring(function):
         finally:
             restore(saved)
     return wrapper
+
+
+@contextlib.contextmanager
+def torch_threads(count: int):
+    """torch uses `count` threads inside the block (tiny models on a shared 2-core machine: one avoids
+    oversubscription), and as many as before after it."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 
+from global_state import torch_threads
 from ports import refusing_port
 from test_inference import load_script
 
@@ -99,13 +100,9 @@ def write_csv_rows(path: Path, header, rows) -> Path:
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread_here():
-    """The in-process runs of this module use one torch thread (the real processes run meanwhile); restored after."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    """The in-process runs of this module use one torch thread (the real processes run meanwhile)."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -20,6 +19,7 @@ import torch
 from safetensors.torch import load_file
 
 from fixture_tokenizer import fixed_tokenizer, fixture_texts
+from global_state import torch_threads
 from isolation import BLOCK_MINIBERT_HF
 from minibert_hf import model_folder, pretraining_data, training
 from minibert_hf.arguments import PretrainingArguments
@@ -72,11 +72,9 @@ def data(tmp_path_factory):
 
 @pytest.fixture(scope="module", autouse=True)
 def one_thread():
-    """Tiny models on a shared 2-core machine: one thread avoids oversubscription (3x faster here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    """One torch thread for the module's tiny models (3x faster here than two on the shared cores)."""
+    with torch_threads(1):
+        yield
 
 
 @pytest.fixture(autouse=True)
@@ -291,12 +289,6 @@ def test_resume_gives_the_same_weights_as_a_straight_run(data, tmp_path, monkeyp
                                                                    abs=1e-6)
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_match_one_process_with_twice_the_accumulation(data, tmp_path):
     common = ["--train-file", str(data / "train64.csv"), "--test-file", str(data / "test.csv"),
               "--tokenizer", str(data / "tokenizer"), "--preset", "tiny", "--batch-size", "8", "--max-steps", "4",
@@ -304,9 +296,10 @@ def test_two_processes_match_one_process_with_twice_the_accumulation(data, tmp_p
     two = tmp_path / "two"
     env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
     env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    # port 0: the launcher's rendezvous store binds a free port itself and tells the workers (no port to race for)
     proc = subprocess.run([str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
                            str(ROOT / "configs" / "cpu_ddp.yaml"), "--num_processes", "2", "--main_process_port",
-                           str(_free_port()), str(ROOT / "scripts" / "pretrain.py"), *common,
+                           "0", str(ROOT / "scripts" / "pretrain.py"), *common,
                            "--output-dir", str(two)], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     one = tmp_path / "one"
