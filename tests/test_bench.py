@@ -244,3 +244,23 @@ def test_gpu_bench_set_covers_both_shapes_eager_and_compiled_in_bf16():
     bert_base = next(a for a in parsed if a.shape == "bert-base")
     assert (bert_base.hidden_size, bert_base.num_layers, bert_base.num_heads, bert_base.vocab_size) == (
         768, 12, 12, 30522)
+
+
+def test_bench_read_grows_the_csv_reads_it_back_and_serves_batches(bench_run, tmp_path):
+    """scripts/bench_read.py: the CSV repeated to the asked size, every row read back, batches served; no folder
+    of this machine in what it writes (no timings asserted)."""
+    _, data = bench_run
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_read.py"), "--csv", str(data / "train.csv"),
+                           "--size-mb", "0.3", "--batch-size", "4", "--serve-batches", "5", "--output-dir", str(out)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((out / "read.json").read_text())
+    source = (data / "train.csv").read_bytes()
+    header = source.index(b"\n") + 1
+    rows, body = source.count(b"\n") - 1, len(source) - header
+    copies = -(-(int(0.3 * 2**20) - header) // body)
+    assert copies > 1 and result["rows"] == rows * copies  # repeated past the size, and every row read back
+    assert result["read"]["rows_per_second"] > 0 and result["serve"]["batches"] == 5
+    text = (out / "read.md").read_text() + (out / "read.json").read_text()
+    assert str(tmp_path) not in text and "--size-mb 0.3" in text
