@@ -68,17 +68,19 @@ class MetricsLog:
 
     def __init__(self, path: Path, accelerator, steps_per_epoch: int, truncate_after: int = 0):
         self.path, self.accelerator, self.steps_per_epoch = Path(path), accelerator, steps_per_epoch
-        kept = []
-        if truncate_after and self.path.is_file():
-            kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= truncate_after]
-        self.evaluated = {r["step"] for r in kept if "eval_loss" in r and r["step"] == truncate_after}
+        self.repeated_eval_step = None  # the resume step, when its evaluation is already in the file
         if accelerator.is_main_process:
+            kept = []
+            if truncate_after and self.path.is_file():
+                kept = [r for r in read_metrics(self.path) if r.get("step", 0) <= truncate_after]
+            if any("eval_loss" in r and r["step"] == truncate_after for r in kept):
+                self.repeated_eval_step = truncate_after
             write_text(self.path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def write(self, step: int, **values) -> dict:
         record = {"step": step, "epoch": step / self.steps_per_epoch, **values}
         record = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in record.items()}
-        if "eval_loss" in record and step in self.evaluated:
+        if "eval_loss" in record and step == self.repeated_eval_step:
             return record  # repeated after a resume: logged before the interruption
         if self.accelerator.is_main_process:
             with open(self.path, "a", encoding="utf-8") as handle:

@@ -136,16 +136,16 @@ def main(argv=None) -> int:
         result = measure(csv_path, args.size_mb, args.batch_size, args.serve_batches, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    from minibert_hf.atomic import write_text
+
+    shown = [f"--csv {result['csv']}"] if args.csv else []  # no folder of this machine in the results
+    shown += [f"--size-mb {args.size_mb:g}", f"--batch-size {args.batch_size}", f"--serve-batches {args.serve_batches}"]
+    report = markdown(result, "python scripts/bench_read.py " + " ".join(shown))
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    from bench import shown_path
-
-    shown = [f"--csv {shown_path(csv_path)}"] if args.csv else []  # no folder of this machine in the results
-    shown += [f"--size-mb {args.size_mb:g}", f"--batch-size {args.batch_size}", f"--serve-batches {args.serve_batches}"]
-    command = "python scripts/bench_read.py " + " ".join(shown)
-    (out / "read.json").write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    (out / "read.md").write_text(markdown(result, command.strip()), encoding="utf-8")
-    print(markdown(result, command.strip()))
+    write_text(out / "read.json", json.dumps(result, indent=2) + "\n")
+    write_text(out / "read.md", report)
+    print(report)
     return 0
 
 
