@@ -4,16 +4,18 @@ One loop runs on a laptop CPU (`python scripts/pretrain.py`), on one GPU or on m
 
     for each epoch, for each micro-batch:
         seed the micro-batch (dropout, dynamic masks)      <- a pure function of (seed, epoch, micro-batch number)
-        forward, backward                                   <- inside accelerator.accumulate(model)
-        at an accumulation boundary: clip, step (unless the gradient is NaN/inf), schedule, zero
+        forward, backward (loss weighted by 1/#micro-batches of its step; gradients sync at the step's last one)
+        at the step's last micro-batch: clip, step (unless the gradient is NaN/inf), schedule, zero
         every --logging-steps: metrics.jsonl;  every --eval-steps: evaluate;  every --checkpointing-steps: save_state
     after each epoch: evaluate, OUTPUT/epoch-N/;  at the end: OUTPUT/final/
 
 Randomness is a function of the position in the data, not of the history of the run: micro-batch *i* of epoch *e*
 (numbered across all processes) always gets the same dropout and the same dynamic masks. So a run resumed from a
 checkpoint ends with the same weights as an uninterrupted one, and 2 processes give the same losses as 1 process
-with twice the gradient accumulation (same global batch). Data order comes from accelerate's seedable sampler
-(seed + epoch); resuming skips the batches already seen (`skip_first_batches`).
+with twice the gradient accumulation (same global batch), also where an epoch's last step is short: processes
+take micro-batches in turn, and one that has none left for a step runs a zero-weight stand-in, so no row is ever
+counted twice and every process joins each gradient sync (`StepLayout`). Data order comes from accelerate's seedable
+sampler (seed + epoch); resuming skips the batches already seen (`skip_first_batches`).
 
 The options are `arguments.PretrainingArguments`; checkpoints (`OUTPUT/checkpoints/step-N/`) live in
 `checkpoints.py`, model folders (`epoch-N/`, `final/`) in `model_folder.py`, `metrics.jsonl` in `metrics_log.py`:
@@ -23,6 +25,7 @@ where a later run would take it for a good one.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
@@ -56,7 +59,6 @@ def train(args) -> dict:
     accelerator = Accelerator(
         # torchrun / `accelerate launch --multi_gpu` on a machine without GPUs: DDP over CPU processes (gloo).
         cpu=bool(os.environ.get("LOCAL_RANK")) and not torch.cuda.is_available(),
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
         mixed_precision=args.mixed_precision,
         log_with="tensorboard" if args.report_to == "tensorboard" else None,
         project_dir=str(output_dir),
@@ -72,8 +74,8 @@ def train(args) -> dict:
     set_seed(args.seed)  # the same initial weights on every process and with any process count
     model, tokenizer = build_model(args, data)
     train_dl, eval_dl = make_dataloaders(data, args)
-    batches_per_process = math.ceil(len(train_dl) / accelerator.num_processes)  # accelerate evens out the last
-    steps_per_epoch = math.ceil(batches_per_process / args.gradient_accumulation_steps)
+    layout = StepLayout(len(train_dl), accelerator.num_processes, args.gradient_accumulation_steps)
+    steps_per_epoch = layout.steps_per_epoch
     total_steps = args.max_steps or args.epochs * steps_per_epoch
     num_epochs = math.ceil(total_steps / steps_per_epoch)
 
@@ -83,10 +85,15 @@ def train(args) -> dict:
     budget = Budget(total_steps, args.max_train_minutes, accelerator)
     lr_scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: warmup_then_linear_decay(budget.progress(step), args.warmup_ratio))
-    model, optimizer, train_dl, eval_dl, lr_scheduler = accelerator.prepare(
-        model, optimizer, train_dl, eval_dl, lr_scheduler)
+    # Training batches are not evened out (no row repeated on a process that has run out: the loop stands in for
+    # them); evaluation's are, and gather_for_metrics drops the repeats.
+    accelerator.even_batches = False
+    train_dl = accelerator.prepare(train_dl)
+    accelerator.even_batches = True
+    model, optimizer, eval_dl, lr_scheduler = accelerator.prepare(model, optimizer, eval_dl, lr_scheduler)
     forward = compile_model(model) if args.compile else model  # `model` stays the plain module that is saved
     masker = DynamicMasker(len(tokenizer), args.mlm_probability) if args.masking == "dynamic" else None
+    stand_in = {key: value.to(accelerator.device) for key, value in collate_batch([data["train"][0]]).items()}
     run = dict(steps_per_epoch=steps_per_epoch, total_steps=total_steps, batch_size=args.batch_size,
                gradient_accumulation_steps=args.gradient_accumulation_steps, num_processes=accelerator.num_processes)
     if args.report_to == "tensorboard":
@@ -99,7 +106,7 @@ def train(args) -> dict:
     start_epoch, skip = divmod(global_step, steps_per_epoch)
     skip *= args.gradient_accumulation_steps
     if global_step and skip == 0:  # resumed at the end of an epoch: finish it (eval, epoch-N/) with no batches
-        start_epoch, skip = start_epoch - 1, len(train_dl)
+        start_epoch, skip = start_epoch - 1, layout.per_process
     eval_due = EvalSchedule(args.eval_steps, budget, global_step)
     log = MetricsLog(output_dir / "metrics.jsonl", accelerator, steps_per_epoch, truncate_after=global_step)
     meter = TrainMeter(log, accelerator, args, budget, global_step)
@@ -107,30 +114,35 @@ def train(args) -> dict:
 
     for epoch in range(start_epoch, num_epochs):
         model.train()
-        accelerator.step = 0  # accumulation groups start with the epoch (also after a resume)
         train_dl.set_epoch(epoch)
-        batches = accelerator.skip_first_batches(train_dl, skip) if skip else train_dl
-        for index, batch in enumerate(batches, start=skip):
+        batches = iter(accelerator.skip_first_batches(train_dl, skip) if skip else train_dl)
+        for index in range(skip, layout.per_process):
             micro_batch = index * accelerator.num_processes + accelerator.process_index
+            batch = next(batches, None)
+            real = batch is not None
+            if not real:  # this process has no micro-batch left for this step: a stand-in that counts for nothing
+                batch = stand_in
             torch.manual_seed(micro_batch_seed(args.seed, epoch, micro_batch))  # dropout and dynamic masks
             if masker is not None:
                 masker.mlm_probability = mlm_probability_at(budget.progress(global_step), args.mlm_probability,
                                                             args.mlm_probability_end)
                 batch = masker(batch)
-            with accelerator.accumulate(model):
+            last = layout.is_last_of_step(index)
+            with contextlib.nullcontext() if last else accelerator.no_sync(model):  # gradients sync at the last
                 outputs = forward(**batch)
                 # loss = mlm_loss + nsp_loss; --nsp-loss-weight w trains on mlm_loss + w * nsp_loss
-                accelerator.backward(outputs.loss + (args.nsp_loss_weight - 1.0) * outputs.nsp_loss)
-                if accelerator.sync_gradients:
-                    grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm or math.inf)
-                    if torch.isfinite(grad_norm):  # NaN/inf anywhere (any process, any micro-batch) skips the step
-                        optimizer.step()
-                    budget.tick()
-                    lr_scheduler.step()
-                    optimizer.zero_grad()
-            meter.add(outputs, batch)
-            if not accelerator.sync_gradients:
+                loss = outputs.loss + (args.nsp_loss_weight - 1.0) * outputs.nsp_loss
+                accelerator.backward(loss * (layout.loss_weight(index) if real else 0.0))
+            if real:
+                meter.add(outputs, batch)
+            if not last:
                 continue
+            grad_norm = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm or math.inf)
+            if torch.isfinite(grad_norm):  # NaN/inf anywhere (any process, any micro-batch) skips the step
+                optimizer.step()
+            budget.tick()
+            lr_scheduler.step()
+            optimizer.zero_grad()
             global_step += 1
             meter.step_done(global_step, grad_norm, lr_scheduler.get_last_lr()[0])
             if eval_due(global_step):
@@ -327,6 +339,31 @@ def parameter_groups(model, weight_decay):
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
     no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class StepLayout:
+    """Which micro-batches make each optimizer step, and how much each one's loss counts.
+
+    An epoch has `num_batches` micro-batches, numbered 0, 1, ...; process p takes micro-batches p, p + P, p + 2P, ...
+    (accelerate's sharding with `even_batches=False`), so it has `per_process` = ceil(num_batches / P) slots, the
+    last ones possibly empty. Step s is slots s*A .. s*A + A - 1 of every process (A = gradient accumulation), i.e.
+    micro-batches s*A*P .. (s+1)*A*P - 1: the same ones as 1 process with accumulation A*P. Each real micro-batch's
+    loss is weighted P / (the step's real micro-batches), so after DDP averages over the P processes the gradient
+    is the mean over the step's micro-batches, with any number of processes and for a short last step too.
+    """
+
+    def __init__(self, num_batches: int, num_processes: int, accumulation: int):
+        self.num_batches, self.num_processes, self.accumulation = num_batches, num_processes, accumulation
+        self.per_process = math.ceil(num_batches / num_processes)
+        self.steps_per_epoch = math.ceil(self.per_process / accumulation)
+
+    def is_last_of_step(self, slot: int) -> bool:
+        return (slot + 1) % self.accumulation == 0 or slot + 1 == self.per_process
+
+    def loss_weight(self, slot: int) -> float:
+        first = slot // self.accumulation * self.accumulation * self.num_processes
+        real = min(self.num_batches, first + self.accumulation * self.num_processes) - first
+        return self.num_processes / real
 
 
 def warmup_then_linear_decay(progress: float, warmup: float) -> float:

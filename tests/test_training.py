@@ -289,35 +289,82 @@ def test_resume_gives_the_same_weights_as_a_straight_run(data, tmp_path, monkeyp
                                                                    abs=1e-6)
 
 
-def test_two_processes_match_one_process_with_twice_the_accumulation(data, tmp_path):
-    common = ["--train-file", str(data / "train64.csv"), "--test-file", str(data / "test.csv"),
-              "--tokenizer", str(data / "tokenizer"), "--preset", "tiny", "--batch-size", "8", "--max-steps", "4",
-              "--logging-steps", "1", "--no-progress", "--seed", "3"]
-    two = tmp_path / "two"
-    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
-    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    # port 0: the launcher's rendezvous store binds a free port itself and tells the workers (no port to race for)
+@pytest.mark.parametrize("num_batches, processes, accumulation",
+                         [(7, 2, 1), (8, 2, 1), (7, 2, 2), (9, 3, 2), (1, 2, 1), (12, 4, 3), (5, 1, 2)])
+def test_step_layout_gives_every_process_count_the_same_steps(num_batches, processes, accumulation):
+    """Per step: the micro-batches all processes run, and what each counts for, equal 1 process with P x the
+    accumulation: each real micro-batch once, weights that average to the step's mean after DDP's 1/P."""
+    def steps(p_count, acc):
+        layout = training.StepLayout(num_batches, p_count, acc)
+        found = {}
+        for p in range(p_count):
+            for slot in range(layout.per_process):
+                micro_batch = slot * p_count + p
+                step = slot // acc
+                if micro_batch < num_batches:  # a real micro-batch of process p
+                    found.setdefault(step, []).append((micro_batch, layout.loss_weight(slot) / p_count))
+                assert layout.is_last_of_step(slot) == (slot == min((step + 1) * acc, layout.per_process) - 1)
+        return layout.steps_per_epoch, {s: sorted(v) for s, v in found.items()}
+
+    count, many = steps(processes, accumulation)
+    one_count, one = steps(1, processes * accumulation)
+    assert count == one_count == len(many) and many == one
+    assert sorted(b for v in many.values() for b, _ in v) == list(range(num_batches))
+    for members in many.values():
+        assert sum(w for _, w in members) == pytest.approx(1.0)
+
+
+def _launch_two(args, env):
+    """`accelerate launch` of pretrain.py on 2 CPU processes (DDP over gloo); port 0: the launcher's rendezvous
+    store binds a free port itself and tells the workers (no port to race for)."""
     proc = subprocess.run([str(Path(sys.executable).parent / "accelerate"), "launch", "--config_file",
                            str(ROOT / "configs" / "cpu_ddp.yaml"), "--num_processes", "2", "--main_process_port",
-                           "0", str(ROOT / "scripts" / "pretrain.py"), *common,
-                           "--output-dir", str(two)], env=env, capture_output=True, text=True, timeout=600)
+                           "0", str(ROOT / "scripts" / "pretrain.py"), *args], env=env, capture_output=True,
+                          text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    one = tmp_path / "one"
-    train(PretrainingArguments(train_file=[str(data / "train64.csv")], test_file=[str(data / "test.csv")],
-                            tokenizer=str(data / "tokenizer"), preset="tiny", batch_size=8, max_steps=4,
-                            logging_steps=1, progress=False, seed=3, gradient_accumulation_steps=2,
-                            output_dir=str(one)))
+    return proc
 
-    runs = {name: read_metrics(out) for name, out in (("two", two), ("one", one))}
+
+def test_two_processes_match_one_process_with_twice_the_accumulation(data, tmp_path):
+    # 52 rows at batch 8: 7 micro-batches an epoch, the last of 4 rows. Two processes get 4 and 3 of them, so the
+    # 4th step of each epoch has one real micro-batch (and one process nothing to add); 8 steps = 2 epochs.
+    rows = list(load_pretraining_csv(data / "train64.csv"))
+    write_pretraining_csv(tmp_path / "train52.csv", rows[:52])
+    common = ["--train-file", str(tmp_path / "train52.csv"), "--test-file", str(data / "test.csv"),
+              "--tokenizer", str(data / "tokenizer"), "--preset", "tiny", "--batch-size", "8", "--max-steps", "8",
+              "--logging-steps", "1", "--no-progress", "--seed", "3", "--masking", "dynamic",
+              "--checkpointing-steps", "3"]
+    env = {k: v for k, v in os.environ.items() if k not in ("LOCAL_RANK", "RANK", "WORLD_SIZE")}
+    env.update(OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
+    two = tmp_path / "two"
+    _launch_two([*common, "--output-dir", str(two)], env)
+    one = tmp_path / "one"
+    train(PretrainingArguments(train_file=[str(tmp_path / "train52.csv")], test_file=[str(data / "test.csv")],
+                               tokenizer=str(data / "tokenizer"), preset="tiny", batch_size=8, max_steps=8,
+                               logging_steps=1, progress=False, seed=3, masking="dynamic", checkpointing_steps=3,
+                               gradient_accumulation_steps=2, output_dir=str(one)))
+    # A resume under 2 processes from step 6 (mid-epoch 2, two micro-batches per process already seen): the run
+    # as it stood when step 6 was saved, then `--resume-from-checkpoint latest`.
+    resumed = tmp_path / "resumed"
+    shutil.copytree(two, resumed, ignore=shutil.ignore_patterns("final", "epoch-2", "step-8"))
+    proc = _launch_two([*common, "--output-dir", str(resumed), "--resume-from-checkpoint", "latest"], env)
+    assert "at step 6." in proc.stdout + proc.stderr
+
+    runs = {name: read_metrics(out) for name, out in (("two", two), ("one", one), ("resumed", resumed))}
     train_losses = {n: [r["train_loss"] for r in recs if "train_loss" in r] for n, recs in runs.items()}
-    assert len(train_losses["two"]) == 4
+    assert len(train_losses["one"]) == 8 and [r["epoch"] for r in runs["one"] if "train_loss" in r][-1] == 2
     assert train_losses["two"] == pytest.approx(train_losses["one"], rel=1e-5)
-    evals = {n: [r for r in recs if "eval_loss" in r][-1] for n, recs in runs.items()}
-    for key in EVAL_KEYS:
-        assert evals["two"][key] == pytest.approx(evals["one"][key], rel=1e-4), key
-    a, b = load_file(two / "final" / "model.safetensors"), load_file(one / "final" / "model.safetensors")
-    for name in a:
-        assert torch.allclose(a[name], b[name], atol=1e-5), name
+    assert train_losses["resumed"] == pytest.approx(train_losses["one"], rel=1e-5)
+    assert [r["step"] for r in runs["resumed"] if "train_loss" in r] == list(range(1, 9))
+    for run in ("two", "resumed"):
+        evals = {n: [r for r in runs[n] if "eval_loss" in r][-1] for n in (run, "one")}
+        for key in EVAL_KEYS:
+            assert evals[run][key] == pytest.approx(evals["one"][key], rel=1e-4), (run, key)
+    b = load_file(one / "final" / "model.safetensors")
+    for run in ("two", "resumed"):
+        a = load_file(tmp_path / run / "final" / "model.safetensors")
+        for name in a:
+            assert torch.allclose(a[name], b[name], atol=1e-5), (run, name)
 
 
 def _inject_nan(monkeypatch, which):
