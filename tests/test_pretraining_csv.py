@@ -8,7 +8,7 @@ import random
 import pytest
 
 from minibert_hf.errors import MiniBertInputError
-from minibert_hf.pretraining_csv import load_pretraining_csv, longest_row, write_pretraining_csv
+from minibert_hf.pretraining_csv import encode_row, load_pretraining_csv, longest_row, write_pretraining_csv
 
 LAB_CSV = (
     "Original Text,BERT Input,BERT Label,Segment Label,Is Next\n"
@@ -57,6 +57,17 @@ def test_write_pretraining_csv_round_trip(tmp_path):
              "labels": [-100, -100, 8, -100, -100, -100], "next_sentence_label": 1}]
     write_pretraining_csv(tmp_path / "x.csv", rows)
     assert load_pretraining_csv(tmp_path / "x.csv").to_list() == rows
+
+
+def test_encode_row_writes_every_id_as_python_prints_it():
+    """Ids are looked up in a table of texts; ids past it (a vocabulary over 65,536), numpy integers and iterators
+    must come out exactly as str() writes them."""
+    big = [1, 65535, 65536, 250_001, 2]
+    cells = encode_row("t", big, iter([0, 0, 70_000, 0, 0]), iter([1, 1, 2, 2, 2]), is_next=False)
+    assert cells == ("t", "[1, 65535, 65536, 250001, 2]", "[0, 0, 70000, 0, 0]", "1,1,2,2,2", 0)
+    numpy = pytest.importorskip("numpy")
+    ids = numpy.array([1, 7, 3, 2], dtype=numpy.int64)
+    assert encode_row("t", ids, list(ids), ids[:2] - 0, True) == ("t", "[1, 7, 3, 2]", "[1, 7, 3, 2]", "1,7", 1)
 
 
 HEADER = "Original Text,BERT Input,BERT Label,Segment Label,Is Next"
