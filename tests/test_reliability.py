@@ -37,6 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
 FAKE_TOKEN = "hf_FAKEfaketoken123"
 RUN_STEPS = 4  # the end-to-end run: 4 steps of 16 rows = one epoch of train64.csv
+KILLED_STEPS = 8  # the run killed after its first checkpoint (step 2)
 
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -277,30 +278,28 @@ def procs(data, model_folders, tmp_path_factory):
                                      "--max-steps", "1", "--output-dir", outputs["finetune"]], env),
         "push_to_hub": ("push_to_hub.py", [model_folders["no config"][0], "--repo-id", "someone/minibert"],
                         base_env(tmp, HF_TOKEN=FAKE_TOKEN, HF_ENDPOINT="http://127.0.0.1:9")),
-        # the token run's options without the token and tensorboard; SIGKILLed after its first logged step
-        "killed": ("pretrain.py", pretrain_args(data, tmp / "killed", "--max-steps", RUN_STEPS, "--logging-steps",
+        # the token run's options without the token and tensorboard, twice the steps; SIGKILLed once its first
+        # checkpoint is complete, with six steps still to go
+        "killed": ("pretrain.py", pretrain_args(data, tmp / "killed", "--max-steps", KILLED_STEPS, "--logging-steps",
                                                 "1", "--checkpointing-steps", "2"), env),
     }
     outputs["killed"] = tmp / "killed"
     running = Processes(jobs, tmp)
     running.outputs = outputs
-    running.killer = threading.Thread(target=kill_after_first_step, daemon=True,
-                                      args=(running.procs["killed"], tmp / "killed" / "metrics.jsonl"))
+    running.killer = threading.Thread(target=kill_after_first_checkpoint, daemon=True,
+                                      args=(running.procs["killed"], tmp / "killed"))
     running.killer.start()
     yield running
     running.stop()
     held.close()
 
 
-def kill_after_first_step(proc: subprocess.Popen, metrics: Path) -> None:
-    """SIGKILL `proc` as soon as its metrics.jsonl shows a training step (mid-run, between checkpoints)."""
+def kill_after_first_checkpoint(proc: subprocess.Popen, run: Path) -> None:
+    """SIGKILL `proc` as soon as its first checkpoint is complete (watched from this thread, outside the run)."""
+    from minibert_hf.checkpoints import list_checkpoints
+
     deadline = time.monotonic() + 600
-    while proc.poll() is None and time.monotonic() < deadline:
-        try:
-            if '"step": 1' in metrics.read_text(encoding="utf-8"):
-                break
-        except OSError:
-            pass
+    while proc.poll() is None and time.monotonic() < deadline and not list_checkpoints(run):
         time.sleep(0.01)
     if proc.poll() is None:
         proc.kill()
@@ -621,12 +620,14 @@ def test_corrupted_checkpoint_is_one_line(data, procs, tmp_path, capsys, fresh_a
     assert not (run / "final").exists()
 
 
-def test_sigkill_mid_run_then_resume_latest_matches_a_straight_run(data, procs, tmp_path, fresh_accelerate_state):
-    """kill -9 of a real pretrain.py after its first step (no checkpoint yet, or just one): resuming from `latest`
-    ends with the weights of the uninterrupted token run (same options and seed)."""
+def test_sigkill_mid_run_then_resume_latest_matches_a_straight_run(data, procs, tmp_path, capsys,
+                                                                  fresh_accelerate_state):
+    """kill -9 of a real pretrain.py once its first checkpoint exists: resuming from `latest` starts at that
+    checkpoint's step and ends with the weights of an uninterrupted run (same options and seed)."""
     import torch
     from safetensors.torch import load_file
 
+    from minibert_hf.checkpoints import list_checkpoints
     from minibert_hf.training import train
 
     killed = procs.result("killed")
@@ -634,9 +635,13 @@ def test_sigkill_mid_run_then_resume_latest_matches_a_straight_run(data, procs, 
     assert killed.returncode == -9, (killed.returncode, killed.stderr[-2000:])
     run = procs.outputs["killed"]
     assert not (run / "final").exists() and (run / "metrics.jsonl").is_file()
-    assert train(resume_args(data, run))["step"] == RUN_STEPS
-    token_run(procs)
-    straight = load_file(procs.outputs["token run"] / "final" / "model.safetensors")
+    last = int(list_checkpoints(run)[-1].name.removeprefix("step-"))
+    assert 2 <= last < KILLED_STEPS
+    capsys.readouterr()
+    assert train(resume_args(data, run, max_steps=KILLED_STEPS))["step"] == KILLED_STEPS
+    assert f"at step {last}." in capsys.readouterr().out  # "Resumed from .../step-N at step N."
+    train(resume_args(data, tmp_path / "straight", max_steps=KILLED_STEPS, resume_from_checkpoint=None))
+    straight = load_file(tmp_path / "straight" / "final" / "model.safetensors")
     resumed = load_file(run / "final" / "model.safetensors")
     for name, tensor in straight.items():
         assert torch.allclose(tensor, resumed[name], atol=1e-5, rtol=0), name

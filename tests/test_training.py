@@ -572,11 +572,13 @@ def test_sigkill_during_a_checkpoint_write_then_resume_latest_matches_a_straight
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "final").exists()
+    last = int(list_checkpoints(out)[-1].name.removeprefix("step-"))
 
     resumed = subprocess.run([sys.executable, script, *options, "--output-dir", str(out),
                               "--resume-from-checkpoint", "latest"], env=env, capture_output=True, text=True,
                              timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"at step {last}." in resumed.stdout  # it started from the newest complete checkpoint, not from 0
     straight = tmp_path / "straight"
     train(args_for(data, straight, max_steps=8, checkpointing_steps=0))
     a, b = load_file(straight / "final" / "model.safetensors"), load_file(out / "final" / "model.safetensors")
