@@ -32,6 +32,7 @@ import pytest
 from global_state import torch_threads
 from ports import refusing_port
 from test_inference import load_script
+from test_training import newest_checkpoint_step
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -627,7 +628,6 @@ def test_sigkill_mid_run_then_resume_latest_matches_a_straight_run(data, procs, 
     import torch
     from safetensors.torch import load_file
 
-    from minibert_hf.checkpoints import list_checkpoints
     from minibert_hf.training import train
 
     killed = procs.result("killed")
@@ -635,7 +635,7 @@ def test_sigkill_mid_run_then_resume_latest_matches_a_straight_run(data, procs, 
     assert killed.returncode == -9, (killed.returncode, killed.stderr[-2000:])
     run = procs.outputs["killed"]
     assert not (run / "final").exists() and (run / "metrics.jsonl").is_file()
-    last = int(list_checkpoints(run)[-1].name.removeprefix("step-"))
+    last = newest_checkpoint_step(run)
     assert 2 <= last < KILLED_STEPS
     capsys.readouterr()
     assert train(resume_args(data, run, max_steps=KILLED_STEPS))["step"] == KILLED_STEPS

@@ -114,6 +114,11 @@ def no_temporary_names(out):
     return [p for p in Path(out).rglob("*") if p.name.startswith((".tmp", ".old"))]
 
 
+def newest_checkpoint_step(out) -> int:
+    """The step of the newest complete checkpoint of the run in `out` (what `--resume-from-checkpoint latest` loads)."""
+    return int(list_checkpoints(out)[-1].name.removeprefix("step-"))
+
+
 REMOTE_LOADER = BLOCK_MINIBERT_HF + textwrap.dedent("""
     import json, sys
 
@@ -572,7 +577,7 @@ def test_sigkill_during_a_checkpoint_write_then_resume_latest_matches_a_straight
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (out / "final").exists()
-    last = int(list_checkpoints(out)[-1].name.removeprefix("step-"))
+    last = newest_checkpoint_step(out)
 
     resumed = subprocess.run([sys.executable, script, *options, "--output-dir", str(out),
                               "--resume-from-checkpoint", "latest"], env=env, capture_output=True, text=True,
@@ -732,7 +737,7 @@ def test_ctrl_c_exits_130_with_one_line_and_the_run_resumes_from_its_last_checkp
     assert proc.returncode == 130
     assert [line for line in stderr.splitlines() if line.startswith("error:")] == ["error: interrupted"], stderr
     assert not (out / "final").exists() and no_temporary_names(out) == []
-    last = int(list_checkpoints(out)[-1].name.removeprefix("step-"))
+    last = newest_checkpoint_step(out)
     assert last >= 2 and last % 2 == 0
 
     resumed = subprocess.run([sys.executable, script, *options, "--output-dir", str(out),
