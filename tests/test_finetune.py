@@ -256,23 +256,33 @@ def test_finetune_cli_bad_input_is_one_line_exit_2(trained, tmp_path, capsys, ca
     assert not out_dir.exists()  # nothing half-written
 
 
-def test_compare_finetuning_reports_each_side_at_its_best_learning_rate(trained, tmp_path, capsys):
-    """scripts/compare_finetuning.py: pretrained and from-scratch runs over learning rates and seeds, one table."""
+def test_compare_finetuning_reports_each_side_at_its_best_setting(trained, tmp_path, capsys):
+    """scripts/compare_finetuning.py: pretrained and from-scratch runs over learning rates, dropouts and seeds, one
+    table with each side at the setting of its highest mean over the seeds."""
     csv_path = write_topic_csv(tmp_path / "topics.csv")
     table_path, runs_path = tmp_path / "finetuning.md", tmp_path / "runs.json"
     code = load_script("compare_finetuning").main(
-        ["--model", str(trained), "--dataset", str(csv_path), "--learning-rates", "1e-3", "3e-3", "--seeds", "0", "1",
-         "--epochs", "1", "--batch-size", "8", "--markdown", str(table_path), "--results-json", str(runs_path)])
+        ["--model", str(trained), "--dataset", str(csv_path), "--learning-rates", "1e-3", "3e-3", "--dropouts", "0",
+         "0.1", "--seeds", "0", "1", "--epochs", "1", "--batch-size", "8", "--markdown", str(table_path),
+         "--results-json", str(runs_path)])
     assert code == 0
     runs = json.loads(runs_path.read_text())
-    assert len(runs) == 2 * 2 * 2 and {r["side"] for r in runs} == {"pretrained", "from scratch"}
+    assert len(runs) == 2 * 2 * 2 * 2 and {r["side"] for r in runs} == {"pretrained", "from scratch"}
     assert {r["from_scratch"] for r in runs if r["side"] == "from scratch"} == {True}
+    assert {(r["learning_rate"], r["settings"]["dropout"]) for r in runs} == {
+        (1e-3, 0.0), (1e-3, 0.1), (3e-3, 0.0), (3e-3, 0.1)}  # the dropout a run reports is the one it trained with
     table = table_path.read_text()
+    best = {}
     for side in ("pretrained", "from scratch"):
-        best = max(((statistics.fmean(r["accuracy"] for r in runs if r["side"] == side and r["learning_rate"] == lr),
-                     lr) for lr in (1e-3, 3e-3)), key=lambda pair: pair[0])  # a tie: the lower learning rate
-        assert f"| {side} | {best[1]:g} | **{best[0]:.1%}**" in table
-    assert "Pretrained minus from scratch, each at its best learning rate" in table
+        means = [(statistics.fmean(r["accuracy"] for r in runs if r["side"] == side and r["learning_rate"] == lr
+                                   and r["settings"]["dropout"] == dropout), lr, dropout)
+                 for lr in (1e-3, 3e-3) for dropout in (0.0, 0.1)]
+        best[side] = max(means, key=lambda m: m[0])  # a tie: the lower learning rate, then the lower dropout
+        assert f"| {side} | {best[side][1]:g} | {best[side][2]:g} | **{best[side][0]:.1%}**" in table
+        for mean, lr, dropout in means:
+            assert f"| {side} | {lr:g} | {dropout:g} | 2 | {mean:.1%}" in table
+    gap = round(100 * (best["pretrained"][0] - best["from scratch"][0]), 1) or 0.0
+    assert f"each at its best setting: **{gap:+.1f} points**" in table
     assert table in capsys.readouterr().out and str(tmp_path) not in table  # the data named by file name only
     again = tmp_path / "again.md"
     assert load_script("compare_finetuning").main(["--from-json", str(runs_path), "--markdown", str(again)]) == 0

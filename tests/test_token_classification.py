@@ -247,4 +247,4 @@ def test_compare_finetuning_ranks_token_classification_by_entity_f1(trained, tmp
     table = capsys.readouterr().out
     assert "Fine-tuning (token classification)" in table and "held-out entity F1" in table
     for run in runs:
-        assert f"| {run['side']} | 0.003 | **{run['f1']:.1%}**" in table
+        assert f"| {run['side']} | 0.003 | 0.1 | **{run['f1']:.1%}**" in table
