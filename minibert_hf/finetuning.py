@@ -197,7 +197,7 @@ def scores(task: str, logits, labels, label_names) -> dict:
 # --------------------------------------------------------------------------------------------- training
 
 
-def check_options(*, epochs=3.0, max_steps=None, batch_size=32, learning_rate=3e-4, max_length=128,
+def check_options(*, epochs=3.0, max_steps=None, batch_size=32, learning_rate=1e-3, max_length=128,
                   dropout=None, test_fraction=0.2, validation_fraction=0.1, pooling=None,
                   task="sequence-classification") -> None:
     """Raise a one-line MiniBertInputError (naming the CLI flag) for a fine-tuning option that cannot work."""
@@ -225,7 +225,7 @@ def finetune(
     epochs: float = 3.0,
     max_steps: int | None = None,
     batch_size: int = 32,
-    learning_rate: float = 3e-4,
+    learning_rate: float = 1e-3,
     weight_decay: float = 0.01,
     warmup_fraction: float = 0.1,
     max_length: int = 128,
