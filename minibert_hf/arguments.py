@@ -37,6 +37,8 @@ class PretrainingArguments:
     mlm_probability: float = option(0.15, "share of tokens that are MLM targets, for dynamic masking")
     mlm_probability_end: float | None = option(None, "dynamic masking: the share falls linearly from "
                                                      "--mlm-probability at the first step to this at the last")
+    whole_word_masking: bool = option(False, "dynamic masking: mask whole words (all the ## pieces of a word "
+                                             "or none), as BERT's whole-word-masking models")
     vocab_size: int = option(8192, "vocabulary of the default corpus's tokenizer (default corpus only)")
     max_seq_length: int = option(128, "row length of the default corpus (default corpus only)")
     dupe_factor: int = option(1, "passes over the default corpus's training documents, each with new NSP pairs "
@@ -129,6 +131,7 @@ class PretrainingArguments:
              f"--mlm-probability-end must be in (0, 1), got {self.mlm_probability_end}")
         need(self.mlm_probability_end is None or self.masking == "dynamic",
              "--mlm-probability-end needs --masking dynamic")
+        need(not self.whole_word_masking or self.masking == "dynamic", "--whole-word-masking needs --masking dynamic")
         need(self.masking in MASKING, f"--masking must be static or dynamic, got {self.masking!r}")
         need(self.mixed_precision in (None, *MIXED_PRECISION),
              f"--mixed-precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
@@ -151,8 +154,8 @@ class PretrainingArguments:
         """The options that describe how a model was trained (for its model card and trackers): no paths."""
         keep = ("preset", "config_overrides", "init_from", "epochs", "max_steps", "max_train_minutes", "batch_size",
                 "gradient_accumulation_steps", "learning_rate", "weight_decay", "adam_beta2", "warmup_ratio",
-                "max_grad_norm", "masking", "mlm_probability", "mlm_probability_end", "nsp_loss_weight",
-                "mixed_precision", "seed")
+                "max_grad_norm", "masking", "mlm_probability", "mlm_probability_end", "whole_word_masking",
+                "nsp_loss_weight", "mixed_precision", "seed")
         fields = {k: getattr(self, k) for k in keep if getattr(self, k) is not None}
         if "init_from" in fields:
             from .corpus import shown_name

@@ -57,23 +57,40 @@ class DynamicMasker:
 
     Each non-special real token is a target with probability ``mlm_probability`` (at least one per row that has a
     candidate), replaced by ``[MASK]`` 80% of the time, by a random non-special token 10%, left unchanged 10%.
+    With ``continuation_ids`` (the ids of word pieces that continue a word, ``##ing``; see
+    :func:`~minibert_hf.tokenizer.continuation_ids`), whole words are drawn instead: a word's pieces are all
+    targets or none (BERT's whole-word masking), each piece then replaced 80/10/10 on its own.
     Random numbers come from ``generator`` (default: torch's global generator, which the training loop seeds per
     micro-batch). ``mlm_probability`` may be changed between calls (a masking-rate schedule).
     """
 
-    def __init__(self, vocab_size: int, mlm_probability: float = 0.15):
+    def __init__(self, vocab_size: int, mlm_probability: float = 0.15, continuation_ids=None):
         if not 0.0 < mlm_probability < 1.0:
             raise ValueError(f"mlm_probability must be between 0 and 1, got {mlm_probability}")
         self.vocab_size, self.mlm_probability = int(vocab_size), float(mlm_probability)
+        self.continues = None  # continues[id]: the piece continues the word before it
+        if continuation_ids is not None:
+            self.continues = torch.zeros(self.vocab_size, dtype=torch.bool)
+            self.continues[torch.as_tensor(list(continuation_ids), dtype=torch.long)] = True
 
     def __call__(self, batch: dict, generator: torch.Generator | None = None) -> dict:
         input_ids, labels = batch["input_ids"].cpu(), batch["labels"].cpu()
         original = torch.where(labels != -100, labels, input_ids)
         candidates = (original >= NUM_SPECIAL) & (batch["attention_mask"].cpu() == 1)
-        scores = torch.rand(original.shape, generator=generator).masked_fill(~candidates, 2.0)
+        scores = torch.rand(original.shape, generator=generator)
+        if self.continues is not None:  # every piece takes the score of its word's first piece
+            starts = ~(self.continues[original] & candidates)
+            starts[:, 0] = True
+            word = starts.long().cumsum(dim=1) - 1  # (batch, seq): word number within the row
+            scores = scores.gather(1, word)
+        scores = scores.masked_fill(~candidates, 2.0)
         targets = scores < self.mlm_probability
         first = scores.argmin(dim=1, keepdim=True)  # each row's best candidate is a target if it has none
-        targets.scatter_(1, first, targets.gather(1, first) | candidates.gather(1, first))
+        if self.continues is None:
+            targets.scatter_(1, first, targets.gather(1, first) | candidates.gather(1, first))
+        else:  # ... with the rest of its word
+            none = ~targets.any(dim=1, keepdim=True)
+            targets |= none & candidates & (word == word.gather(1, first))
         choice = torch.rand(original.shape, generator=generator)
         random_ids = torch.randint(NUM_SPECIAL, self.vocab_size, original.shape, generator=generator)
         masked = torch.where(targets & (choice < 0.8), torch.full_like(original, MASK_ID), original)

@@ -125,6 +125,13 @@ def canonical_vocab(vocab: dict) -> dict:
     return {token: index for index, token in enumerate([*SPECIAL_TOKENS, *words])}
 
 
+def continuation_ids(tokenizer) -> list[int]:
+    """The ids of the pieces that continue a word (WordPiece's ``##`` pieces): what whole-word masking needs."""
+    prefix = getattr(getattr(tokenizer, "backend_tokenizer", None), "model", None)
+    prefix = getattr(prefix, "continuing_subword_prefix", None) or "##"
+    return sorted(index for token, index in tokenizer.get_vocab().items() if token.startswith(prefix))
+
+
 def load_tokenizer(path, model_max_length: int | None = None):
     """Load a tokenizer folder written by ``save_pretrained`` (ours or any BERT-style one with our special ids)."""
     from transformers import AutoTokenizer

@@ -40,7 +40,7 @@ from .checkpoints import check_output_dir, clear_previous_run, resume, save_chec
 from .collator import DynamicMasker, collate_batch
 from .errors import MiniBertInputError, TrainingDiverged, UserError
 from .metrics_log import MetricsLog, write_loss_curve
-from .tokenizer import MASK_ID
+from .tokenizer import MASK_ID, continuation_ids
 
 MAX_NONFINITE_IN_A_ROW = 5
 METRIC_KEYS = ("loss", "mlm_loss", "nsp_loss", "mlm_accuracy", "mlm_accuracy_at_mask", "nsp_accuracy", "perplexity")
@@ -92,7 +92,9 @@ def train(args) -> dict:
     accelerator.even_batches = True
     model, optimizer, eval_dl, lr_scheduler = accelerator.prepare(model, optimizer, eval_dl, lr_scheduler)
     forward = compile_model(model) if args.compile else model  # `model` stays the plain module that is saved
-    masker = DynamicMasker(len(tokenizer), args.mlm_probability) if args.masking == "dynamic" else None
+    masker = (DynamicMasker(len(tokenizer), args.mlm_probability,
+                            continuation_ids(tokenizer) if args.whole_word_masking else None)
+              if args.masking == "dynamic" else None)
     stand_in = {key: value.to(accelerator.device) for key, value in collate_batch([data["train"][0]]).items()}
     run = dict(steps_per_epoch=steps_per_epoch, total_steps=total_steps, batch_size=args.batch_size,
                gradient_accumulation_steps=args.gradient_accumulation_steps, num_processes=accelerator.num_processes)

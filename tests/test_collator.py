@@ -92,3 +92,52 @@ def test_dynamic_masking_restores_and_redraws(rate):
         kept = (inputs[targets] == original[targets]).float().mean().item()
         assert abs(masked - 0.8) < 0.03 and abs(kept - 0.1) < 0.03
         assert (inputs[targets] >= 5).logical_or(inputs[targets] == MASK_ID).all()
+
+
+def test_whole_word_masking_masks_every_piece_of_a_word_or_none():
+    examples = big_examples()
+    pieces = set(range(5, 300, 3))  # ids that continue the word before them
+    words = DynamicMasker(vocab_size=300, mlm_probability=0.3, continuation_ids=sorted(pieces))
+    batch = collate_batch(examples)
+    first, again = words(batch, torch.Generator().manual_seed(5)), words(batch, torch.Generator().manual_seed(5))
+    assert torch.equal(first["labels"], again["labels"]) and torch.equal(first["input_ids"], again["input_ids"])
+    tokens = DynamicMasker(vocab_size=300, mlm_probability=0.3)(batch, torch.Generator().manual_seed(5))
+    width = first["input_ids"].shape[1]
+    original = torch.tensor([e["original"] + [PAD_ID] * (width - len(e["original"])) for e in examples])
+    targets, split_words, whole = first["labels"] != -100, 0, 0
+    for row, chosen, by_token in zip(original.tolist(), targets.tolist(), (tokens["labels"] != -100).tolist()):
+        assert any(chosen), "every row has a target"
+        spans, start = [], None  # each word: its first piece and the continuation pieces after it
+        for i, token in enumerate(row + [PAD_ID]):
+            if token >= 5 and token in pieces and start is not None:
+                continue
+            if start is not None:
+                spans.append((start, i))
+            start = i if token >= 5 else None
+        for a, b in spans:
+            assert len(set(chosen[a:b])) == 1, (row[a:b], chosen[a:b])  # all the pieces of a word, or none
+            if b - a > 1:
+                whole += chosen[a]
+                split_words += len(set(by_token[a:b])) > 1  # token masking splits words
+        for i, token in enumerate(row):
+            if token < 5:
+                assert not chosen[i], "special tokens and padding are never targets"
+    assert whole > 20 and split_words > 20
+    labels, inputs = first["labels"], first["input_ids"]
+    assert torch.equal(labels[targets], original[targets]) and torch.equal(inputs[~targets], original[~targets])
+    assert abs(targets.sum().item() / (original >= 5).sum().item() - 0.3) < 0.03
+    assert abs((inputs[targets] == MASK_ID).float().mean().item() - 0.8) < 0.03  # 80/10/10 piece by piece
+
+
+def test_continuation_ids_are_the_tokenizers_word_pieces():
+    from fixture_tokenizer import fixed_tokenizer, fixture_texts
+
+    from minibert_hf.tokenizer import continuation_ids
+
+    tokenizer = fixed_tokenizer(fixture_texts(Path(__file__).resolve().parent / "fixtures"), vocab_size=300)
+    ids = continuation_ids(tokenizer)
+    vocab = tokenizer.get_vocab()
+    assert ids and ids == sorted(i for t, i in vocab.items() if t.startswith("##"))
+    word = max((t for t in vocab if not t.startswith("##") and t.isalpha()), key=len)
+    encoded = tokenizer(word + "qzx", add_special_tokens=False)["input_ids"]
+    assert len(encoded) > 1 and encoded[0] not in ids and all(i in ids for i in encoded[1:])

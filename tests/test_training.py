@@ -462,6 +462,7 @@ def test_save_model_folder_replaces_atomically(tmp_path, monkeypatch):
     (dict(learning_rate=0.0), "--learning-rate must be positive"),
     (dict(warmup_ratio=1.5), "--warmup-ratio"),
     (dict(masking="sometimes"), "--masking must be static or dynamic"),
+    (dict(masking="static", whole_word_masking=True), "--whole-word-masking needs --masking dynamic"),
     (dict(push_to_hub=True), "--push-to-hub needs --hub-model-id"),
     (dict(train_file=["missing.csv"]), "missing.csv: file does not exist"),
     (dict(config_overrides="hidden_size=48,colour=blue"), "--config-overrides: unknown config field 'colour'"),
@@ -611,6 +612,26 @@ def test_masking_rate_schedule_falls_linearly_over_the_run(data, tmp_path, monke
     assert [round(p, 6) for p in seen] == [0.4, 0.4, 0.325, 0.325, 0.25, 0.25, 0.175, 0.175]  # micro-batches
     card = (tmp_path / "run" / "final" / "README.md").read_text()
     assert "mlm_probability_end" in card
+
+
+def test_whole_word_masking_gives_the_masker_the_tokenizers_continuation_pieces(data, tmp_path, monkeypatch):
+    from minibert_hf.tokenizer import continuation_ids, load_tokenizer
+
+    seen = []
+
+    class RecordingMasker(training.DynamicMasker):
+        def __call__(self, batch, generator=None):
+            seen.append(None if self.continues is None else self.continues.nonzero().flatten().tolist())
+            return super().__call__(batch, generator)
+
+    monkeypatch.setattr(training, "DynamicMasker", RecordingMasker)
+    train(args_for(data, tmp_path / "words", max_steps=2, masking="dynamic", whole_word_masking=True))
+    pieces = continuation_ids(load_tokenizer(tmp_path / "words" / "final"))
+    assert pieces and seen == [pieces, pieces]
+    assert "whole_word_masking" in (tmp_path / "words" / "final" / "README.md").read_text()
+    seen.clear()
+    train(args_for(data, tmp_path / "tokens", max_steps=1, masking="dynamic"))
+    assert seen == [None]  # token masking by default
 
 
 def test_nsp_loss_weight_scales_the_nsp_part_of_the_training_loss(data, tmp_path):
