@@ -78,19 +78,17 @@ class DynamicMasker:
         original = torch.where(labels != -100, labels, input_ids)
         candidates = (original >= NUM_SPECIAL) & (batch["attention_mask"].cpu() == 1)
         scores = torch.rand(original.shape, generator=generator)
-        if self.continues is not None:  # every piece takes the score of its word's first piece
+        if self.continues is None:  # every token is a word of its own
+            word = torch.arange(original.shape[1]).expand_as(original)
+        else:  # every piece takes the score of its word's first piece
             starts = ~(self.continues[original] & candidates)
             starts[:, 0] = True
             word = starts.long().cumsum(dim=1) - 1  # (batch, seq): word number within the row
             scores = scores.gather(1, word)
         scores = scores.masked_fill(~candidates, 2.0)
         targets = scores < self.mlm_probability
-        first = scores.argmin(dim=1, keepdim=True)  # each row's best candidate is a target if it has none
-        if self.continues is None:
-            targets.scatter_(1, first, targets.gather(1, first) | candidates.gather(1, first))
-        else:  # ... with the rest of its word
-            none = ~targets.any(dim=1, keepdim=True)
-            targets |= none & candidates & (word == word.gather(1, first))
+        first = scores.argmin(dim=1, keepdim=True)  # each row's best word is a target if the row has none
+        targets |= ~targets.any(dim=1, keepdim=True) & candidates & (word == word.gather(1, first))
         choice = torch.rand(original.shape, generator=generator)
         random_ids = torch.randint(NUM_SPECIAL, self.vocab_size, original.shape, generator=generator)
         masked = torch.where(targets & (choice < 0.8), torch.full_like(original, MASK_ID), original)
