@@ -46,14 +46,11 @@ _ABBREVIATIONS = frozenset(
 # A candidate boundary: sentence punctuation, optional closing quotes/brackets, whitespace, then the next
 # sentence's first character (an upper-case letter, a digit, or an opening quote/bracket).
 _BOUNDARY = re.compile(r"""([.!?…]+)(["'”’)\]]*)(\s+)(?=["'“‘(\[]?[A-Z0-9À-Ý])""")
-_LAST_WORD = re.compile(r"""(\S+)$""")
 
 
 def _is_abbreviation(before: str) -> bool:
-    match = _LAST_WORD.search(before)
-    if not match:
-        return False
-    word = match.group(1).lstrip("\"'“‘([").lower()
+    """Whether the last word of ``before`` (single-spaced text up to a period) is an abbreviation or an initial."""
+    word = before[before.rfind(" ") + 1 :].lstrip("\"'“‘([").lower()  # "" when before ends with a space
     if not word:
         return False
     if word in _ABBREVIATIONS:
