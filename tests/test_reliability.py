@@ -579,7 +579,7 @@ def test_resume_loads_checkpoint_state_with_weights_only(data, procs, tmp_path, 
         assert torch.allclose(tensor, resumed[name], atol=1e-5, rtol=0), name
 
 
-def resume_args(data, run, **overrides) -> "PretrainingArguments":
+def resume_args(data, run, **overrides):
     from minibert_hf.arguments import PretrainingArguments
 
     return PretrainingArguments(**{**dict(train_file=[str(data / "train64.csv")], test_file=[str(data / "test.csv")],
