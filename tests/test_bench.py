@@ -63,6 +63,14 @@ def test_bench_writes_json_markdown_and_png(bench_run):
     markdown = (out / "results.md").read_text()
     assert "| fp32-t1 |" in markdown
     assert "python scripts/bench.py" in markdown
+    # the data table gives the whole preparation's rate and each of its two phases' own
+    prep = run["data_prep"]
+    assert 0 < prep["seconds_tokenizer"] and 0 < prep["seconds_pairs"]
+    assert prep["seconds_tokenizer"] + prep["seconds_pairs"] <= prep["seconds"]
+    row = next(line for line in markdown.splitlines() if line.startswith("| fp32-t1 |") and "(x1)" in line)
+    cells = [cell.strip() for cell in row.strip("|").split("|")]
+    assert cells[1:4] == [str(prep["mb_per_second"]), f"{prep['raw_mb'] / prep['seconds_tokenizer']:.2f}",
+                          f"{prep['raw_mb'] / prep['seconds_pairs']:.2f}"]
     assert (out / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no temporary files left behind
 
