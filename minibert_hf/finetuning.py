@@ -9,7 +9,8 @@ A tenth of the training examples (whole groups: movies, documents) is held back 
 has a validation split of its own (CoNLL-2003 does): ``Trainer``
 evaluates on it after every epoch and keeps the best epoch's weights, and the held-out test set is scored once, at the
 end. Words of a tagged sentence are split into WordPiece tokens; the word's tag goes on its first sub-token and the
-others get -100 (no loss, no prediction), so every word is predicted once.
+others get -100 (no loss, no prediction), so every word is predicted once; words past ``max_length`` count as
+predicted "O" (outside any entity) when scoring.
 
 The model loads with ``AutoModelFor...from_pretrained(..., trust_remote_code=True)``; ``from_scratch=True`` builds
 the same architecture with random weights, the baseline that shows what pretraining is worth.
@@ -175,17 +176,26 @@ def encode(task: str, examples: list, tokenizer, max_length: int):
     return Dataset.from_dict({**encoded, "labels": labels})
 
 
-def scores(task: str, logits, labels, label_names) -> dict:
+def all_tags(examples) -> list[list[int]] | None:
+    """Every word's gold tag id, per tagged sentence (None for labelled texts)."""
+    return [e.tags for e in examples] if examples and hasattr(examples[0], "tags") else None
+
+
+def scores(task: str, logits, labels, label_names, sentence_tags=None) -> dict:
     """The metrics of a prediction: logits (texts, labels) or (sentences, seq, labels) with labels -100 where
-    there is nothing to predict."""
+    there is nothing to predict. ``sentence_tags``: every sentence's gold tag ids, all its words; the words that
+    truncation cut off (they have no label) then count as predicted "O", so every gold entity is scored."""
     predictions = logits.argmax(-1)
     if task == "sequence-classification":
         accuracy, macro_f1 = accuracy_and_macro_f1(predictions.tolist(), labels.tolist(), len(label_names))
         return dict(accuracy=accuracy, macro_f1=macro_f1)
+    outside = label_names.index("O") if "O" in label_names else -1  # -1: no class, always wrong
     predicted, gold, word_predictions, word_labels = [], [], [], []  # tag names per sentence; ids per word
-    for row_predictions, row_labels in zip(predictions.tolist(), labels.tolist()):
+    for row, (row_predictions, row_labels) in enumerate(zip(predictions.tolist(), labels.tolist())):
         kept = [(p, t) for p, t in zip(row_predictions, row_labels) if t != -100]  # one per word
-        predicted.append([label_names[p] for p, _ in kept])
+        if sentence_tags is not None:  # the words past the truncation: gold tags kept, "O" predicted
+            kept += [(outside, t) for t in sentence_tags[row][len(kept):]]
+        predicted.append([label_names[p] if p >= 0 else "O" for p, _ in kept])
         gold.append([label_names[t] for _, t in kept])
         word_predictions += [p for p, _ in kept]
         word_labels += [t for _, t in kept]
@@ -299,7 +309,8 @@ def finetune(
         trainer = Trainer(model=model, args=arguments, train_dataset=datasets["train"],
                           eval_dataset=datasets["validation"], data_collator=collator, processing_class=tokenizer,
                           compute_metrics=lambda p: scores(task, torch.as_tensor(p.predictions),
-                                                           torch.as_tensor(p.label_ids), data.label_names),
+                                                           torch.as_tensor(p.label_ids), data.label_names,
+                                                           all_tags(validation)),
                           callbacks=[LogValidation()])
         trainer.remove_callback(PrinterCallback)  # the loss dicts; our callback prints the validation lines
         if not progress:
@@ -309,10 +320,11 @@ def finetune(
         seconds = time.perf_counter() - started
         evaluations = [entry for entry in trainer.state.log_history if f"eval_{best_metric}" in entry]
         best = max(evaluations, key=lambda entry: entry[f"eval_{best_metric}"]) if evaluations else None
+        trainer.compute_metrics = None  # its tags are the validation sentences'; the test set is scored below
         held_out = trainer.predict(datasets["test"])
     model = trainer.model
     metrics = scores(task, torch.as_tensor(held_out.predictions), torch.as_tensor(held_out.label_ids),
-                     data.label_names)
+                     data.label_names, all_tags(data.test))
     truth = [label for label in torch.as_tensor(held_out.label_ids).flatten().tolist() if label != -100]
     majority = max(truth.count(c) for c in set(truth)) / len(truth)
     result = FinetuneResult(

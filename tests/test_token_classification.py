@@ -191,6 +191,25 @@ def test_scores_read_words_not_sub_tokens():
     assert result["f1"] == 1.0 and result["accuracy"] == 1.0
 
 
+def test_scores_count_words_cut_off_by_truncation_as_outside():
+    """A sentence longer than max_length: its last words have no label; with the sentences' own tags they still
+    count, as predicted "O" (their entity is missed, an "O" word is right)."""
+    names = ["O", "B-PER", "I-PER"]
+    tokenizer = story_tokenizer()
+    sentence = TaggedSentence(["ann", "lee", "met", "the", "cat", "and", "bob", "lee"], [1, 2, 0, 0, 0, 0, 1, 2])
+    row = encode("token-classification", [sentence], tokenizer, max_length=6)[0]
+    labels = torch.tensor([row["labels"]])
+    seen = [t for t in row["labels"] if t != -100]
+    assert seen == sentence.tags[:len(seen)] and len(seen) < 6  # "bob lee" is cut off
+    logits = torch.full((1, len(row["labels"]), 3), -5.0)
+    for position, tag in enumerate(row["labels"]):
+        logits[0, position, max(tag, 0)] = 5.0  # every labelled word right
+    assert scores("token-classification", logits, labels, names)["f1"] == 1.0  # the cut-off entity unseen
+    result = scores("token-classification", logits, labels, names, [sentence.tags])
+    assert result["precision"] == 1.0 and result["recall"] == 0.5  # "ann lee" found, "bob lee" missed
+    assert result["accuracy"] == pytest.approx((len(seen) + sum(t == 0 for t in sentence.tags[len(seen):])) / 8)
+
+
 # ------------------------------------------------------------------------------------------------ fine-tuning
 
 
@@ -207,6 +226,16 @@ def test_finetune_tags_entities_and_saves_a_token_classifier(trained, tmp_path):
 
     model = AutoModelForTokenClassification.from_pretrained(tmp_path / "out", trust_remote_code=True)
     assert model.config.id2label == {0: "O", 1: "B-ANIMAL", 2: "B-PLACE", 3: "I-PLACE"}
+
+
+def test_finetune_scores_the_words_past_max_length(trained, tmp_path):
+    """With room for two words a sentence, an entity further on can only be missed: recall stays at or below the
+    share of entities inside the first two words."""
+    data = load_conll(write_conll(tmp_path / "tags.conll", documents=8), test_fraction=0.25, seed=0)
+    result = finetune(trained, data, max_steps=4, batch_size=8, max_length=4, seed=0, log=None)
+    spans = [entity_spans([data.label_names[t] for t in s.tags]) for s in data.test]
+    in_view = sum(last <= 1 for sentence in spans for _, _, last in sentence)
+    assert result.recall <= in_view / sum(map(len, spans)) < 1
 
 
 def test_finetune_cli_token_classification(trained, tmp_path):
