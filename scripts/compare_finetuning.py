@@ -29,6 +29,24 @@ from minibert_hf.cli import ArgumentParser, run_cli  # noqa: E402
 SIDES = (("pretrained", False), ("from scratch", True))
 
 
+def read_runs(path) -> list[dict]:
+    """The runs a ``--results-json`` file holds, checked: a non-empty list of results, each with its side, learning
+    rate and settings (``finetune.py --results-json`` writes one result, not this)."""
+    from minibert_hf.errors import MiniBertInputError
+
+    try:
+        runs = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        raise MiniBertInputError(f"cannot read fine-tuning results ({error.__class__.__name__})", file=path) from None
+    sides = {side for side, _ in SIDES}
+    if not (isinstance(runs, list) and runs and all(
+            isinstance(run, dict) and run.get("side") in sides and "learning_rate" in run
+            and isinstance(run.get("settings"), dict) and "dropout" in run["settings"] for run in runs)):
+        raise MiniBertInputError("not a compare_finetuning.py --results-json file (expected a list of runs, each "
+                                 "with side, learning_rate and settings)", file=path)
+    return runs
+
+
 def headline(runs: list[dict]) -> str:
     """The score that ranks runs: accuracy for text classification, entity F1 for token classification."""
     return "f1" if runs[0].get("task") == "token-classification" else "accuracy"
@@ -121,11 +139,10 @@ def main(argv=None) -> int:
 
     runs = []
     for path in args.from_json or []:
-        try:
-            runs += json.loads(Path(path).read_text(encoding="utf-8"))
-        except (OSError, ValueError) as error:
-            raise MiniBertInputError(f"cannot read fine-tuning results ({error.__class__.__name__})",
-                                     file=path) from None
+        runs += read_runs(path)
+    if args.from_json and {run["side"] for run in runs} != {side for side, _ in SIDES}:
+        raise MiniBertInputError("--from-json needs runs of both sides (pretrained and from scratch), found only "
+                                 f"{', '.join(sorted({run['side'] for run in runs}))}", file=args.from_json[-1])
     sweep = [(lr, dropout) for lr in args.learning_rates for dropout in args.dropouts] if args.model else []
     for lr, dropout in sweep:
         check_options(epochs=args.epochs, batch_size=args.batch_size, learning_rate=lr, dropout=dropout,

@@ -307,3 +307,16 @@ def test_compare_finetuning_reports_each_side_at_its_best_setting(trained, tmp_p
     again = tmp_path / "again.md"
     assert load_script("compare_finetuning").main(["--from-json", str(runs_path), "--markdown", str(again)]) == 0
     assert again.read_text() == table
+    # files that are not a --results-json list: one error line naming the file, nothing written
+    one_result = tmp_path / "one.json"
+    one_result.write_text(json.dumps({key: value for key, value in runs[0].items() if key != "side"}))
+    empty, one_side = tmp_path / "empty.json", tmp_path / "side.json"
+    empty.write_text("[]")
+    one_side.write_text(json.dumps([r for r in runs if r["side"] == "pretrained"]))
+    for path, fragment in ((one_result, "not a compare_finetuning.py --results-json file"),
+                           (empty, "not a compare_finetuning.py --results-json file"),
+                           (one_side, "needs runs of both sides")):
+        with pytest.raises(MiniBertInputError, match=fragment) as error:
+            load_script("compare_finetuning").main(["--from-json", str(path), "--markdown", str(tmp_path / "x.md")])
+        assert path.name in str(error.value)
+    assert not (tmp_path / "x.md").exists()
