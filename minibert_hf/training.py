@@ -109,6 +109,8 @@ def train(args) -> dict:
     skip *= args.gradient_accumulation_steps
     if global_step and skip == 0:  # resumed at the end of an epoch: finish it (eval, epoch-N/) with no batches
         start_epoch, skip = start_epoch - 1, layout.per_process
+    if budget.done(global_step):  # resumed after the last step: no batches at all, only what follows the run
+        skip = layout.per_process
     eval_due = EvalSchedule(args.eval_steps, budget, global_step)
     log = MetricsLog(output_dir / "metrics.jsonl", accelerator, steps_per_epoch, truncate_after=global_step)
     meter = TrainMeter(log, accelerator, args, budget, global_step)

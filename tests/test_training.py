@@ -294,6 +294,33 @@ def test_resume_gives_the_same_weights_as_a_straight_run(data, tmp_path, monkeyp
                                                                    abs=1e-6)
 
 
+def test_resuming_a_finished_run_trains_no_further_step(data, tmp_path, monkeypatch):
+    """5 steps, 4 a epoch (64 rows, batch 16), a checkpoint at step 5: resumed, it ends at step 5 again."""
+    common = dict(max_steps=5, checkpointing_steps=5, eval_steps=0)
+    out = tmp_path / "run"
+    train(args_for(data, out, **common))
+    logged = [r["step"] for r in read_metrics(out) if "train_loss" in r]
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    from minibert_hf.modeling_minibert import MiniBertForPreTraining
+
+    served, real_forward = [], MiniBertForPreTraining.forward
+
+    def counting_forward(self, *args, **kwargs):
+        served.extend([1] if self.training else [])
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(MiniBertForPreTraining, "forward", counting_forward)
+    result = train(args_for(data, out, resume_from_checkpoint="latest", **common))
+    assert result["step"] == 5 and served == []
+    assert [r["step"] for r in read_metrics(out) if "train_loss" in r] == logged == [1, 2, 3, 4, 5]
+    assert [p.name for p in list_checkpoints(out)] == ["step-5"]
+    card = (out / "final" / "README.md").read_text()
+    assert "step 5" in card and "step 6" not in card
+
+
 @pytest.mark.parametrize("num_batches, processes, accumulation",
                          [(7, 2, 1), (8, 2, 1), (7, 2, 2), (9, 3, 2), (1, 2, 1), (12, 4, 3), (5, 1, 2)])
 def test_step_layout_gives_every_process_count_the_same_steps(num_batches, processes, accumulation):
