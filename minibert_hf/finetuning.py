@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from .corpus import shown_name
 from .errors import MiniBertInputError
 from .finetuning_data import TextClassificationData, TokenClassificationData, check_test_fraction, split_examples
 from .model_folder import save_model_folder
@@ -331,7 +333,7 @@ def finetune(
         task=task, **metrics, majority_baseline=majority, num_train=len(train), num_validation=len(validation),
         num_test=len(data.test), num_labels=data.num_labels, steps=trainer.state.global_step,
         epochs=trainer.state.global_step / steps_per_epoch, best_epoch=best["epoch"] if best else None,
-        train_seconds=round(seconds, 2), model=str(model_name_or_path), from_scratch=from_scratch,
+        train_seconds=round(seconds, 2), model=shown_model(model_name_or_path), from_scratch=from_scratch,
         dataset=data.source,
         settings=dict(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
                       warmup_fraction=warmup_fraction, max_length=max_length, seed=seed, max_steps=max_steps,
@@ -342,6 +344,11 @@ def finetune(
         save_model_folder(model, tokenizer, output_dir, card=False,
                           extra_files={"results.json": json.dumps(result.to_dict(), indent=2) + "\n"})
     return result
+
+
+def shown_model(model_name_or_path) -> str:
+    """How a result names its model: a local folder by its name only (results travel), a Hub id as it is."""
+    return shown_name(model_name_or_path) if os.path.exists(model_name_or_path) else str(model_name_or_path)
 
 
 def _check_writable(folder: Path) -> None:

@@ -189,6 +189,8 @@ def test_finetune_learns_the_topic_task_and_saves_the_model(trained, tmp_path):
     assert result.majority_baseline == 0.5
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["accuracy"] == result.accuracy and saved["from_scratch"] is False
+    assert saved["model"] == Path(trained).name  # a local folder by its name: no path of this machine
+    assert str(Path(trained).parent) not in (tmp_path / "out" / "results.json").read_text()
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out", trust_remote_code=True)
