@@ -26,6 +26,7 @@ where a later run would take it for a good one.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import math
@@ -149,6 +150,8 @@ def train(args) -> dict:
             optimizer.zero_grad()
             global_step += 1
             meter.step_done(global_step, grad_norm, lr_scheduler.get_last_lr()[0])
+            if global_step % RELEASE_MEMORY_EVERY == 0:
+                release_freed_memory()
             if eval_due(global_step):
                 metrics = evaluate_and_log(forward, eval_dl, accelerator, log, global_step)
             if args.checkpointing_steps and global_step % args.checkpointing_steps == 0:
@@ -452,6 +455,33 @@ def micro_batch_seed(seed: int, epoch: int, index: int) -> int:
 
 
 # -------------------------------------------------------------------------------------------- saving and logging
+
+
+# Batches of varying length leave freed blocks in glibc's heap that it keeps rather than returns: without a release,
+# a CPU run of the mini preset grew from 0.45 to 2.7 GB resident in 1200 steps; released every 100 steps it stays near
+# 0.6 GB, at no measurable cost (100.5 s against 101.6 s for the 1200 steps; a fixed mmap threshold instead cost 37%).
+RELEASE_MEMORY_EVERY = 100
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None where the C library has none (macOS, Windows, musl)."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_freed_memory() -> bool:
+    """Give the memory the C allocator holds after tensors were freed back to the system; False where it cannot."""
+    trim = _malloc_trim()
+    if trim is None:
+        return False
+    trim(0)
+    return True
 
 
 def save_model(accelerator, model, tokenizer, folder, args, data, metrics) -> Path:

@@ -294,6 +294,18 @@ def test_resume_gives_the_same_weights_as_a_straight_run(data, tmp_path, monkeyp
                                                                    abs=1e-6)
 
 
+def test_the_loop_releases_freed_memory_every_n_steps(data, tmp_path, monkeypatch):
+    # On Linux (glibc) the C allocator's malloc_trim is found and called; elsewhere the release is a no-op.
+    assert training.release_freed_memory() is (training._malloc_trim() is not None)
+    if sys.platform.startswith("linux"):
+        assert training._malloc_trim() is not None
+    released = []
+    monkeypatch.setattr(training, "RELEASE_MEMORY_EVERY", 2)
+    monkeypatch.setattr(training, "release_freed_memory", lambda: released.append(1) or True)
+    train(args_for(data, tmp_path / "run", max_steps=5, eval_steps=0))
+    assert len(released) == 2  # after steps 2 and 4
+
+
 def test_resuming_a_finished_run_trains_no_further_step(data, tmp_path, monkeypatch):
     """5 steps, 4 a epoch (64 rows, batch 16), a checkpoint at step 5: resumed, it ends at step 5 again."""
     common = dict(max_steps=5, checkpointing_steps=5, eval_steps=0)
