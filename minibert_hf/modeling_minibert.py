@@ -372,19 +372,20 @@ def pool(config, encoded, input_ids, attention_mask=None):
 
 @dataclass
 class MiniBertForPreTrainingOutput(ModelOutput):
-    """The outputs of `BertForPreTraining`, plus the two parts of the loss.
+    """The outputs of `BertForPreTraining` in its order (so `return_dict=False` tuples unpack alike), then the two
+    parts of the loss.
 
     With `labels`, `prediction_logits` holds only the target positions: shape (num_targets, vocab), one row per
     `labels != -100` in row-major order, i.e. aligned with `labels[labels != -100]`. Without, (batch, seq, vocab).
     """
 
     loss: torch.FloatTensor | None = None
-    mlm_loss: torch.FloatTensor | None = None
-    nsp_loss: torch.FloatTensor | None = None
     prediction_logits: torch.FloatTensor | None = None
     seq_relationship_logits: torch.FloatTensor | None = None
     hidden_states: tuple[torch.FloatTensor, ...] | None = None
     attentions: tuple[torch.FloatTensor, ...] | None = None
+    mlm_loss: torch.FloatTensor | None = None
+    nsp_loss: torch.FloatTensor | None = None
 
 
 class MiniBertForPreTraining(MiniBertPreTrainedModel):

@@ -258,6 +258,19 @@ def test_tuple_outputs_and_kwargs():
     as_dict = model(**batch)
     assert isinstance(as_tuple, tuple)
     torch.testing.assert_close(as_tuple[0], as_dict.loss)
+    # BertForPreTraining's order: loss, prediction logits, NSP logits (then our loss parts)
+    loss, prediction_logits, seq_relationship_logits = as_tuple[:3]
+    torch.testing.assert_close(prediction_logits, as_dict.prediction_logits)
+    torch.testing.assert_close(seq_relationship_logits, as_dict.seq_relationship_logits)
+    torch.testing.assert_close(as_tuple[3:], (as_dict.mlm_loss, as_dict.nsp_loss))
+    from transformers import BertConfig, BertForPreTraining
+
+    bert = BertForPreTraining(BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                         intermediate_size=64)).eval()
+    bert_loss, bert_scores, bert_nsp = bert(input_ids=batch["input_ids"], labels=batch["labels"],
+                                            next_sentence_label=batch["next_sentence_label"], return_dict=False)
+    assert bert_loss.shape == loss.shape and bert_nsp.shape == seq_relationship_logits.shape
+    assert bert_scores.shape[-1] == prediction_logits.shape[-1] == VOCAB  # BERT's at every position, ours at targets
     position_ids = torch.arange(16).expand(4, 16)
     torch.testing.assert_close(model(**batch, position_ids=position_ids).loss, as_dict.loss)
 
