@@ -172,16 +172,34 @@ def read_table_column(path, column: str = "text") -> Iterator[Document]:
 
 
 def _csv_rows(handle, path, column, delimiter=","):
-    reader = csv.reader(handle, delimiter=delimiter)
-    header = next(reader, None)
-    if header is None:
-        raise MiniBertInputError("empty file", file=path)
-    if column not in header:
-        raise MiniBertInputError(f"no column {column!r} (columns: {', '.join(header)})", file=path)
-    index = header.index(column)
-    for row_number, row in enumerate(reader, start=1):
-        if index < len(row):
+    """The ``column`` cell of every row. CSV follows its quoting rules strictly; in TSV a quote is an ordinary
+    character (tabs alone separate cells). A cell may be as long as an article; a row without the column, or broken
+    quoting, is an error naming the row (rows counted after the header)."""
+    csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))  # the default, 131,072 characters, is one long lead
+    tsv = delimiter == "\t"
+    reader = csv.reader(handle, delimiter=delimiter, quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL,
+                        strict=not tsv)
+    row_number = 0
+    try:
+        header = next(reader, None)
+        if header is None:
+            raise MiniBertInputError("empty file", file=path)
+        if column not in header:
+            raise MiniBertInputError(f"no column {column!r} (columns: {', '.join(header)})", file=path)
+        index = header.index(column)
+        for row_number, row in enumerate(reader, start=1):
+            if not row:  # a blank line
+                continue
+            if index >= len(row):
+                raise MiniBertInputError(f"has {len(row)} field(s), no {column!r} cell (the header has "
+                                         f"{len(header)})", file=path, row=row_number, column=column)
+            if "\x00" in row[index]:
+                raise MiniBertInputError("contains NUL bytes; this looks like a binary file, not text", file=path,
+                                         row=row_number, column=column)
             yield row[index]
+    except csv.Error as error:
+        raise MiniBertInputError(f"not valid {'TSV' if tsv else 'CSV'} ({error})", file=path,
+                                 row=row_number + 1) from None
 
 
 def _jsonl_rows(handle, path, field):

@@ -95,6 +95,22 @@ def test_csv_and_jsonl_columns(tmp_path):
     assert list(read_table_column(csv_path, "text")) == [["First doc. Two sentences."], ["Para one.", "Para two."]]
     with pytest.raises(MiniBertInputError, match="no column 'body'"):
         list(read_table_column(csv_path, "body"))
+    # TSV: a quote is an ordinary character, never the start of a cell spanning rows
+    tsv = tmp_path / "docs.tsv"
+    tsv.write_text('id\ttext\n1\t"Stop," he said. Then he left.\n2\t"Go home, he said.\n3\tThird.\n',
+                   encoding="utf-8")
+    assert list(read_table_column(tsv, "text")) == [['"Stop," he said. Then he left.'], ['"Go home, he said.'],
+                                                    ["Third."]]
+    # a cell as long as an article is fine (the csv module's default limit is 131,072 characters)
+    csv_path.write_text("text\n" + "Word " * 40_000 + "\n", encoding="utf-8")
+    assert [len(doc[0]) for doc in read_table_column(csv_path, "text")] == [len("Word " * 40_000) - 1]
+    # a row without the column, broken quoting, a NUL byte: one error naming the row
+    for content, fragment in (("id,text\n1,A doc.\n2\n", "row 2, column 'text': has 1 field"),
+                              ('text\n"A doc." and more\n', "row 1: not valid CSV"),
+                              ("text\nA doc.\nB\x00doc.\n", "row 2, column .text.: contains NUL")):
+        csv_path.write_text(content, encoding="utf-8")
+        with pytest.raises(MiniBertInputError, match=fragment):
+            list(read_table_column(csv_path, "text"))
     jsonl = tmp_path / "docs.jsonl"
     jsonl.write_text('{"body": "A doc."}\n\n{"body": "B doc.\\nB again."}\n', encoding="utf-8")
     assert list(read_table_column(jsonl, "body")) == [["A doc."], ["B doc.", "B again."]]
