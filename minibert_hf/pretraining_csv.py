@@ -147,6 +147,9 @@ def _parse_segments(text, file, row, column) -> list[int]:
     return values
 
 
+MAX_ID = 2**31 - 1  # ids are stored as int32
+
+
 class _NeedsRowByRow(Exception):
     """The vectorised fast path met something unusual; the row-by-row path finds and names the problem."""
 
@@ -187,7 +190,7 @@ def _convert_batch_fast(batch, vocab_size, max_length):
         raise _NeedsRowByRow
     if ((segments < 0) | (segments > 2)).any() or inputs.min() < 0 or labels.min() < 0:
         raise _NeedsRowByRow
-    if vocab_size is not None and max(inputs.max(), labels.max()) >= vocab_size:
+    if max(inputs.max(), labels.max()) >= (MAX_ID + 1 if vocab_size is None else vocab_size):
         raise _NeedsRowByRow
     is_next = [(c or "").strip() for c in batch["Is Next"]]
     if any(v not in ("0", "1") for v in is_next):
@@ -253,6 +256,9 @@ def _convert_batch_rows(batch, indices, *, file, vocab_size, max_length):
                 raise MiniBertInputError(
                     f"token id {high} is outside the vocabulary (size {vocab_size})", file=file, row=row, column=column
                 )
+            if high > MAX_ID:
+                raise MiniBertInputError(f"token id {high} is larger than any vocabulary ({MAX_ID} at most)",
+                                         file=file, row=row, column=column)
         is_next = (batch["Is Next"][n] or "").strip()
         if is_next not in ("0", "1"):
             shown = is_next if is_next else "blank"

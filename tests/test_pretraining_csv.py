@@ -108,6 +108,10 @@ BAD_CSVS = [
     ("negative-id", lines(row(inputs="[1, -4, 2, 11, 2]")), {}, ["'BERT Input'", "negative token id -4"]),
     ("too-large-id", lines(row(inputs="[1, 10, 2, 999, 2]")), {"vocab_size": 100}, ["'BERT Input'", "999", "100"]),
     ("too-large-label", lines(row(labels="[0, 500, 0, 0, 0]")), {"vocab_size": 100}, ["'BERT Label'", "500"]),
+    # without a vocabulary size, an id past int32 would wrap around when stored: refused instead
+    ("id-past-int32", lines(row(), row(inputs="[1, 3000000000, 2, 11, 2]")), {}, ["row 2", "'BERT Input'", "3000000000"]),
+    ("id-past-int64", lines(row(), row(labels="[0, 18446744073709551616, 0, 0, 0]")), {},
+     ["row 2", "'BERT Label'", "18446744073709551616"]),
     ("empty-list", lines(row(inputs="[]", labels="[]", segments="")), {}, ["'BERT Input'", "empty list"]),
     ("different-lengths", lines(row(labels="[0, 10, 0, 0]")), {}, ["row 1", "different lengths", "4"]),
     ("segment-3", lines(row(segments="1,1,1,3,2")), {}, ["'Segment Label'", "segment value 3"]),
