@@ -467,6 +467,25 @@ class MiniBertForMaskedLM(MiniBertPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+def sequence_classification_loss(config, logits, labels):
+    """The loss config.problem_type names, chosen as BERT chooses it when unset: regression for one label, one
+    class per text for integer labels, several independent yes/no labels (multi-label) for float labels."""
+    problem_type = config.problem_type
+    if problem_type is None:
+        if config.num_labels == 1:
+            problem_type = "regression"
+        elif labels.dtype in (torch.long, torch.int):
+            problem_type = "single_label_classification"
+        else:
+            problem_type = "multi_label_classification"
+        config.problem_type = problem_type
+    if problem_type == "regression":  # (batch,) or (batch, num_labels) targets
+        return F.mse_loss(logits.squeeze().float(), labels.squeeze().float())
+    if problem_type == "single_label_classification":
+        return F.cross_entropy(logits.float().view(-1, config.num_labels), labels.view(-1))
+    return F.binary_cross_entropy_with_logits(logits.float(), labels.float())  # multi-label: (batch, num_labels)
+
+
 class MiniBertForSequenceClassification(MiniBertPreTrainedModel):
     """The encoder with a linear classifier on the [CLS] vector (or, with config.classifier_pooling = "mean", on the
     mean of the real tokens' vectors), for fine-tuning (config.num_labels classes; 1 = regression)."""
@@ -489,10 +508,7 @@ class MiniBertForSequenceClassification(MiniBertPreTrainedModel):
         logits = self.classifier(self.dropout(pooled))  # (batch, num_labels)
         loss = None
         if labels is not None:
-            if self.config.num_labels == 1:  # regression
-                loss = F.mse_loss(logits.squeeze(-1).float(), labels.float())
-            else:
-                loss = F.cross_entropy(logits.float(), labels.view(-1))
+            loss = sequence_classification_loss(self.config, logits, labels)
         output = SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=encoded.hidden_states,
                                           attentions=encoded.attentions)
         return output if return_dict else output.to_tuple()

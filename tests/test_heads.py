@@ -21,6 +21,7 @@ from minibert_hf import (
     MiniBertForNextSentencePrediction,
     MiniBertForPreTraining,
     MiniBertForQuestionAnswering,
+    MiniBertForSequenceClassification,
     MiniBertForTokenClassification,
 )
 from test_modeling import make_batch, tiny_model
@@ -141,6 +142,26 @@ def test_token_classification_loss_ignores_minus_100():
     expected = F.cross_entropy(out.logits[kept], labels[kept])
     torch.testing.assert_close(out.loss, expected)
     assert out.logits.shape == (*labels.shape, 3)
+
+
+@pytest.mark.parametrize("num_labels, labels, problem_type, expected_type", [
+    (3, torch.tensor([0, 2, 1, 1]), None, "single_label_classification"),
+    (1, torch.tensor([0.5, -1.0, 2.0, 0.0]), None, "regression"),
+    (1, torch.tensor([[0.5], [-1.0], [2.0], [0.0]]), None, "regression"),  # (batch, 1) targets: no broadcasting
+    (3, torch.tensor([[1.0, 0, 1], [0, 0, 0], [0, 1, 1], [1, 1, 1]]), None, "multi_label_classification"),
+    (2, torch.tensor([[0.2, 0.7], [1.5, 0.0], [0.0, 0.3], [1.0, 1.0]]), "regression", "regression"),
+])
+def test_sequence_classification_loss_follows_problem_type(num_labels, labels, problem_type, expected_type):
+    """As transformers' BERT: the loss config.problem_type names, or, unset, the one the labels imply (then kept in
+    the config)."""
+    model = tiny_model(MiniBertForSequenceClassification, num_labels=num_labels, problem_type=problem_type)
+    batch = make_batch()
+    out = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], labels=labels)
+    expected = {"single_label_classification": lambda: F.cross_entropy(out.logits, labels),
+                "regression": lambda: F.mse_loss(out.logits.view(labels.shape), labels),
+                "multi_label_classification": lambda: F.binary_cross_entropy_with_logits(out.logits, labels)}
+    torch.testing.assert_close(out.loss, expected[expected_type]())
+    assert model.config.problem_type == expected_type
 
 
 def test_question_answering_loss_is_the_mean_of_start_and_end_and_ignores_positions_past_the_end():
