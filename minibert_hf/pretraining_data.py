@@ -307,9 +307,10 @@ def _write_pairs(documents, tokenizer, folder, options: PreparationOptions, show
                 if not texts:
                     return
                 spare = None
-                if len(texts) < 2:
-                    other = "train" if split == "test" else "test"
-                    spare = previous[split] or previous[other] or (list(buffers[other]) or None)
+                if len(texts) < 2:  # one document: NSP negatives from the split's previous window; held-out text
+                    # never goes into a training row, but a held-out split of one document may borrow training text
+                    spare = previous[split] or (None if split == "train" else
+                                                previous["train"] or (list(buffers["train"]) or None))
                 previous[split] = texts
                 job = (options, tokenizer_json, split, windows[split], texts, spare)
                 windows[split] += 1

@@ -165,6 +165,20 @@ def test_split_is_by_document_and_stats(prepared):
     assert not any(p.name.startswith(".tmp-") for p in out.iterdir())
 
 
+@pytest.mark.parametrize("n_docs, options", [(3, dict(test_size=0.5)), (40, dict(test_size=0.2, window=1))])
+def test_training_rows_never_hold_held_out_text(tmp_path, tokenizer, n_docs, options):
+    """Not in sentence A, nor as a random sentence B: windows of one document take their NSP negatives from their
+    own split."""
+    prepare_pretraining_data(tmp_path / "out", documents=generated_documents(n_docs, seed=5), tokenizer=tokenizer,
+                             max_seq_length=MAX_LEN, show_progress=False, num_workers=0, **options)
+    docs = {split: {int(d) for row in read_rows(tmp_path / "out" / f"{split}.csv")
+                    for d, _ in MARKER.findall(row["text"].split(" [SEP] ")[0])} for split in ("train", "test")}
+    in_train_b = {int(d) for row in read_rows(tmp_path / "out" / "train.csv")
+                  for d, _ in MARKER.findall(row["text"].split(" [SEP] ")[1])}
+    assert docs["test"] and docs["train"] and not (docs["train"] & docs["test"])
+    assert not (in_train_b & docs["test"]), in_train_b & docs["test"]
+
+
 def test_dupe_factor_gives_different_masks_and_pairings_to_the_training_split_only(tmp_path, tokenizer):
     docs = generated_documents(60, seed=3)
     one = prepare_pretraining_data(tmp_path / "one", documents=docs, tokenizer=tokenizer, max_seq_length=MAX_LEN,
