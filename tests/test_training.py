@@ -77,14 +77,19 @@ def one_thread():
         yield
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    """Each in-process train() gets a fresh Accelerator (accelerate keeps process-wide singletons)."""
+def reset_accelerate_state():
+    """Let the next in-process train() build a fresh Accelerator (accelerate keeps process-wide singletons)."""
     from accelerate.state import AcceleratorState, GradientState
 
-    yield
     AcceleratorState._reset_state(reset_partial_state=True)
     GradientState._reset_state()
+
+
+@pytest.fixture(autouse=True)
+def fresh_accelerate_state():
+    """Each test's train() calls get a fresh Accelerator."""
+    yield
+    reset_accelerate_state()
 
 
 def args_for(data, out, **overrides):
@@ -240,6 +245,22 @@ class Interrupted(Exception):
     pass
 
 
+def count_training_forwards(monkeypatch) -> list:
+    """Start the next train() in this process afresh and count the model's forward passes in training mode: the
+    returned list grows by one per micro-batch trained."""
+    from minibert_hf.modeling_minibert import MiniBertForPreTraining
+
+    reset_accelerate_state()
+    served, real_forward = [], MiniBertForPreTraining.forward
+
+    def counting_forward(self, *args, **kwargs):
+        served.extend([1] if self.training else [])
+        return real_forward(self, *args, **kwargs)
+
+    monkeypatch.setattr(MiniBertForPreTraining, "forward", counting_forward)
+    return served
+
+
 def test_resume_gives_the_same_weights_as_a_straight_run(data, tmp_path, monkeypatch, torch_load_flags):
     # 64 rows, batch 16, accumulation 2: 2 steps per epoch; 6 steps = 3 epochs; stop after step 3 (mid-epoch).
     common = dict(max_steps=6, gradient_accumulation_steps=2, checkpointing_steps=1, save_total_limit=3,
@@ -262,20 +283,7 @@ def test_resume_gives_the_same_weights_as_a_straight_run(data, tmp_path, monkeyp
     monkeypatch.setattr(training, "save_checkpoint", real_save)
     assert not (resumed / "final").exists()
     assert [p.name for p in list_checkpoints(resumed)] == ["step-1", "step-2", "step-3"]
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-    from minibert_hf.modeling_minibert import MiniBertForPreTraining
-
-    served, real_forward = [], MiniBertForPreTraining.forward
-
-    def counting_forward(self, *args, **kwargs):
-        served.extend([1] if self.training else [])
-        return real_forward(self, *args, **kwargs)
-
-    monkeypatch.setattr(MiniBertForPreTraining, "forward", counting_forward)
+    served = count_training_forwards(monkeypatch)
     train(args_for(data, resumed, resume_from_checkpoint="latest", **common))
     assert torch_load_flags and all(flag is True for flag in torch_load_flags), torch_load_flags  # no pickle
     assert len(served) == 3 * 2  # steps 4-6 of 2 micro-batches each: it started at the checkpoint, not at 0
@@ -312,19 +320,7 @@ def test_resuming_a_finished_run_trains_no_further_step(data, tmp_path, monkeypa
     out = tmp_path / "run"
     train(args_for(data, out, **common))
     logged = [r["step"] for r in read_metrics(out) if "train_loss" in r]
-    from accelerate.state import AcceleratorState, GradientState
-
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-    from minibert_hf.modeling_minibert import MiniBertForPreTraining
-
-    served, real_forward = [], MiniBertForPreTraining.forward
-
-    def counting_forward(self, *args, **kwargs):
-        served.extend([1] if self.training else [])
-        return real_forward(self, *args, **kwargs)
-
-    monkeypatch.setattr(MiniBertForPreTraining, "forward", counting_forward)
+    served = count_training_forwards(monkeypatch)
     result = train(args_for(data, out, resume_from_checkpoint="latest", **common))
     assert result["step"] == 5 and served == []
     assert [r["step"] for r in read_metrics(out) if "train_loss" in r] == logged == [1, 2, 3, 4, 5]
