@@ -458,8 +458,9 @@ def micro_batch_seed(seed: int, epoch: int, index: int) -> int:
 
 
 # Batches of varying length leave freed blocks in glibc's heap that it keeps rather than returns: without a release,
-# a CPU run of the mini preset grew from 0.45 to 2.7 GB resident in 1200 steps; released every 100 steps it stays near
-# 0.6 GB, at no measurable cost (100.5 s against 101.6 s for the 1200 steps; a fixed mmap threshold instead cost 37%).
+# 1200 bare training steps of the mini preset grew from 0.45 to 2.7 GB resident; released every 100 steps they stay
+# near 0.6 GB (a whole pretrain.py run at 0.7-1.2 GB) at no measurable cost (101.6 s against 100.5 s for the 1200
+# steps; a fixed mmap threshold instead cost 37%).
 RELEASE_MEMORY_EVERY = 100
 
 
