@@ -280,6 +280,11 @@ def shown_name(path) -> str:
     return os.path.basename(os.path.normpath(os.fspath(path)))
 
 
+def shown_name_or_id(name_or_path) -> str:
+    """A local file or folder by its name only (as :func:`shown_name`), a Hub name as it is."""
+    return shown_name(name_or_path) if os.path.exists(name_or_path) else str(name_or_path)
+
+
 def cache_dir() -> Path:
     """``$MINIBERT_CACHE`` if set, else ``~/.cache/minibert-hf``."""
     return Path(os.environ.get("MINIBERT_CACHE") or Path.home() / ".cache" / "minibert-hf")
@@ -371,7 +376,7 @@ def make_source(
                 "license": "as provided by the user"}
         return (lambda: (doc for path in paths for doc in read_table_column(path, text_column))), info
     if dataset:
-        name = shown_name(dataset) if os.path.exists(dataset) else str(dataset)  # a local folder, or a hub name
+        name = shown_name_or_id(dataset)  # a local folder, or a hub name
         info = {"name": f"dataset {name} (split {dataset_split}, column {text_column})", "source": name,
                 "license": "see the dataset's card"}
         return (lambda: read_hf_dataset(dataset, text_column, dataset_split)), info

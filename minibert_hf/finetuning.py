@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from .corpus import shown_name
+from .corpus import shown_name_or_id
 from .errors import MiniBertInputError
 from .finetuning_data import TextClassificationData, TokenClassificationData, check_test_fraction, split_examples
 from .model_folder import save_model_folder
@@ -178,9 +177,9 @@ def encode(task: str, examples: list, tokenizer, max_length: int):
     return Dataset.from_dict({**encoded, "labels": labels})
 
 
-def all_tags(examples) -> list[list[int]] | None:
+def all_tags(task: str, examples) -> list[list[int]] | None:
     """Every word's gold tag id, per tagged sentence (None for labelled texts)."""
-    return [e.tags for e in examples] if examples and hasattr(examples[0], "tags") else None
+    return [e.tags for e in examples] if task == "token-classification" else None
 
 
 def scores(task: str, logits, labels, label_names, sentence_tags=None) -> dict:
@@ -312,7 +311,7 @@ def finetune(
                           eval_dataset=datasets["validation"], data_collator=collator, processing_class=tokenizer,
                           compute_metrics=lambda p: scores(task, torch.as_tensor(p.predictions),
                                                            torch.as_tensor(p.label_ids), data.label_names,
-                                                           all_tags(validation)),
+                                                           all_tags(task, validation)),
                           callbacks=[LogValidation()])
         trainer.remove_callback(PrinterCallback)  # the loss dicts; our callback prints the validation lines
         if not progress:
@@ -326,14 +325,14 @@ def finetune(
         held_out = trainer.predict(datasets["test"])
     model = trainer.model
     metrics = scores(task, torch.as_tensor(held_out.predictions), torch.as_tensor(held_out.label_ids),
-                     data.label_names, all_tags(data.test))
+                     data.label_names, all_tags(task, data.test))
     truth = [label for label in torch.as_tensor(held_out.label_ids).flatten().tolist() if label != -100]
     majority = max(truth.count(c) for c in set(truth)) / len(truth)
     result = FinetuneResult(
         task=task, **metrics, majority_baseline=majority, num_train=len(train), num_validation=len(validation),
         num_test=len(data.test), num_labels=data.num_labels, steps=trainer.state.global_step,
         epochs=trainer.state.global_step / steps_per_epoch, best_epoch=best["epoch"] if best else None,
-        train_seconds=round(seconds, 2), model=shown_model(model_name_or_path), from_scratch=from_scratch,
+        train_seconds=round(seconds, 2), model=shown_name_or_id(model_name_or_path), from_scratch=from_scratch,
         dataset=data.source,
         settings=dict(epochs=epochs, batch_size=batch_size, learning_rate=learning_rate, weight_decay=weight_decay,
                       warmup_fraction=warmup_fraction, max_length=max_length, seed=seed, max_steps=max_steps,
@@ -344,11 +343,6 @@ def finetune(
         save_model_folder(model, tokenizer, output_dir, card=False,
                           extra_files={"results.json": json.dumps(result.to_dict(), indent=2) + "\n"})
     return result
-
-
-def shown_model(model_name_or_path) -> str:
-    """How a result names its model: a local folder by its name only (results travel), a Hub id as it is."""
-    return shown_name(model_name_or_path) if os.path.exists(model_name_or_path) else str(model_name_or_path)
 
 
 def _check_writable(folder: Path) -> None:
