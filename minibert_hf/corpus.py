@@ -179,7 +179,7 @@ def _csv_rows(handle, path, column, delimiter=","):
     tsv = delimiter == "\t"
     reader = csv.reader(handle, delimiter=delimiter, quoting=csv.QUOTE_NONE if tsv else csv.QUOTE_MINIMAL,
                         strict=not tsv)
-    row_number = 0
+    row_number, header = 0, None
     try:
         header = next(reader, None)
         if header is None:
@@ -198,8 +198,10 @@ def _csv_rows(handle, path, column, delimiter=","):
                                          row=row_number, column=column)
             yield row[index]
     except csv.Error as error:
-        raise MiniBertInputError(f"not valid {'TSV' if tsv else 'CSV'} ({error})", file=path,
-                                 row=row_number + 1) from None
+        kind = "TSV" if tsv else "CSV"
+        if header is None:  # the error is in the header line itself, before any row
+            raise MiniBertInputError(f"header: not valid {kind} ({error})", file=path) from None
+        raise MiniBertInputError(f"not valid {kind} ({error})", file=path, row=row_number + 1) from None
 
 
 def _jsonl_rows(handle, path, field):

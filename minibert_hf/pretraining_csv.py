@@ -21,7 +21,9 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import logging
 import os
+import re
 from itertools import chain
 from typing import Iterable, Sequence
 
@@ -313,6 +315,23 @@ def _load_one_csv(path: str, vocab_size, max_length, num_proc, show_progress=Non
         return _load_checked_csv(path, header, vocab_size, max_length, num_proc)
 
 
+def _parse_error(error, path) -> MiniBertInputError:
+    """The innermost cause of a failed ``load_dataset("csv")`` as one line. pandas counts the header as line 1, so
+    its "line N" is data row N - 1."""
+    cause = error
+    while cause.__cause__ is not None or cause.__context__ is not None:
+        cause = cause.__cause__ or cause.__context__
+    reason = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
+    if isinstance(cause, UnicodeDecodeError):
+        return MiniBertInputError("cannot parse as CSV: not valid UTF-8 text (binary data?)", file=path)
+    fields = re.search(r"Expected (\d+) fields in line (\d+), saw (\d+)", reason)
+    if fields:
+        expected, line, seen = map(int, fields.groups())
+        return MiniBertInputError(f"has {seen} fields, the header has {expected} (rows are counted from 1 after "
+                                  "the header)", file=path, row=line - 1)
+    return MiniBertInputError(f"cannot parse as CSV: {reason}", file=path)
+
+
 def _load_checked_csv(path: str, header, vocab_size, max_length, num_proc):
     import datasets
 
@@ -323,6 +342,10 @@ def _load_checked_csv(path: str, header, vocab_size, max_length, num_proc):
     features = datasets.Features({name: datasets.Value("string") for name in header})
     if num_proc is None:
         num_proc = min(4, os.cpu_count() or 1) if os.path.getsize(path) > (64 << 20) else None
+    # datasets' CSV builder logs its own copy of a parse error, with the file's absolute path; the one line is ours
+    csv_builder_log = logging.getLogger("datasets.packaged_modules.csv.csv")
+    level = csv_builder_log.level
+    csv_builder_log.setLevel(logging.CRITICAL)
     try:
         raw = datasets.load_dataset(
             "csv", data_files=os.path.abspath(path), split="train", features=features,
@@ -331,13 +354,9 @@ def _load_checked_csv(path: str, header, vocab_size, max_length, num_proc):
     except MiniBertInputError:
         raise
     except Exception as error:  # pandas/pyarrow parse errors arrive wrapped by datasets
-        cause = error
-        while cause.__cause__ is not None or cause.__context__ is not None:
-            cause = cause.__cause__ or cause.__context__
-        reason = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
-        if isinstance(cause, UnicodeDecodeError):
-            reason = "not valid UTF-8 text (binary data?)"
-        raise MiniBertInputError(f"cannot parse as CSV: {reason}", file=path) from None
+        raise _parse_error(error, path) from None
+    finally:
+        csv_builder_log.setLevel(level)
     if len(raw) == 0:
         raise MiniBertInputError("no data rows (only a header)", file=path)
     output = datasets.Features({

@@ -107,6 +107,7 @@ def test_csv_and_jsonl_columns(tmp_path):
     # a row without the column, broken quoting, a NUL byte: one error naming the row
     for content, fragment in (("id,text\n1,A doc.\n2\n", "row 2, column 'text': has 1 field"),
                               ('text\n"A doc." and more\n', "row 1: not valid CSV"),
+                              ('"te"xt,id\nA doc.,1\n', r"docs\.csv: header: not valid CSV"),
                               ("text\nA doc.\nB\x00doc.\n", "row 2, column .text.: contains NUL")):
         csv_path.write_text(content, encoding="utf-8")
         with pytest.raises(MiniBertInputError, match=fragment):

@@ -135,6 +135,9 @@ def data(tmp_path_factory) -> Path:
     ids[1] = 5000
     big[4][header.index("BERT Input")] = json.dumps(ids)
     write_csv_rows(bad / "id_5000.csv", header, big)
+    ragged = [list(r) for r in cells[:8]]
+    ragged[5].append("an extra field")
+    write_csv_rows(bad / "extra_field.csv", header, ragged)
 
     # rows of 140 tokens: longer than the 128 positions of a "tiny" model
     long_rows = []
@@ -258,7 +261,7 @@ def procs(data, model_folders, tmp_path_factory):
     env = base_env(tmp)
     topics = write_csv_rows(tmp / "topics.csv", ["text", "label"],
                             [[f"the river and the bridge number {i}", i % 2] for i in range(40)])
-    outputs = {"token run": tmp / "token-run", "broken JSON": tmp / "o-json",
+    outputs = {"token run": tmp / "token-run", "broken JSON": tmp / "o-json", "extra field": tmp / "o-extra",
                "init-from, rows longer than its positions": tmp / "o-long", "finetune": tmp / "o-finetune"}
     jobs = {
         "token run": ("pretrain.py", pretrain_args(data, outputs["token run"], "--max-steps", RUN_STEPS,
@@ -268,6 +271,8 @@ def procs(data, model_folders, tmp_path_factory):
                       token_env(tmp, hub_port)),
         "broken JSON": ("pretrain.py", pretrain_args(data, outputs["broken JSON"],
                                                      train=data / "bad" / "broken_json.csv"), env),
+        "extra field": ("pretrain.py", pretrain_args(data, outputs["extra field"],
+                                                     train=data / "bad" / "extra_field.csv"), env),
         "unwritable output dir": ("pretrain.py", pretrain_args(data, unwritable_output(tmp)), env),
         "init-from, rows longer than its positions": (
             "pretrain.py", [*pretrain_args(data, outputs["init-from, rows longer than its positions"],
@@ -424,6 +429,8 @@ def test_every_torch_load_says_weights_only_true(path):
 PRETRAIN_PROCESS_CASES = {
     # name: fragments of the one stderr line
     "broken JSON": ["broken_json.csv", "row 3", "'BERT Input'", "not a JSON list"],
+    # pandas' parse error, as our one line: data rows counted as everywhere else, not datasets' logged copy
+    "extra field": ["extra_field.csv", "row 6", "has 6 fields, the header has 5"],
     "unwritable output dir": ["cannot write to the output directory", "run"],
 }
 
