@@ -37,7 +37,7 @@ Document = list  # list[str]: the paragraphs of one document
 _ABBREVIATIONS = frozenset(
     """
     mr mrs ms dr prof sr jr st mt ft gen col lt sgt capt cmdr adm gov sen rep rev hon pres supt
-    vs etc al cf eg ie viz approx ca circa fig figs no nos op vol vols pp ed eds est dept univ assn corp inc ltd co bros
+    vs etc al cf eg ie viz approx ca circa fig figs op vol vols pp ed eds est dept univ assn corp inc ltd co bros
     jan feb mar apr jun jul aug sep sept oct nov dec mon tue wed thu fri sat sun
     e.g i.e a.m p.m u.s u.k u.n e.u d.c b.c a.d b.c.e c.e ph.d m.d b.a m.a b.sc m.sc
     """.split()
@@ -48,20 +48,26 @@ _ABBREVIATIONS = frozenset(
 _BOUNDARY = re.compile(r"""([.!?…]+)(["'”’)\]]*)(\s+)(?=["'“‘(\[]?[A-Z0-9À-Ý])""")
 
 
-def _is_abbreviation(before: str) -> bool:
-    """Whether the last word of ``before`` (single-spaced text up to a period) is an abbreviation or an initial."""
+# Abbreviations only before a number ("No. 5"); before a word, "no." is the word no ending a sentence.
+_BEFORE_NUMBERS = frozenset({"no", "nos"})
+
+
+def _is_abbreviation(before: str, following: str = "") -> bool:
+    """Whether the last word of ``before`` (single-spaced text up to a period) is an abbreviation or an initial;
+    ``following`` is the first character after the space."""
     word = before[before.rfind(" ") + 1 :].lstrip("\"'“‘([").lower()  # "" when before ends with a space
     if not word:
         return False
+    if word in _BEFORE_NUMBERS:
+        return following.isdigit()
     if word in _ABBREVIATIONS:
         return True
     # A single letter ("J." in "J. R. R. Tolkien") is an initial.
     if len(word) == 1 and word.isalpha():
         return True
-    # Dotted acronyms such as "U.S" or "e.g".
-    if "." in word and all(len(part) <= 2 for part in word.split(".")):
-        return True
-    return False
+    # Dotted acronyms such as "U.S" or "e.g" (letters: "2.0" is a number ending its sentence).
+    parts = word.split(".")
+    return len(parts) > 1 and all(len(part) <= 2 and part.isalpha() for part in parts)
 
 
 def split_sentences(paragraph: str) -> list[str]:
@@ -73,7 +79,8 @@ def split_sentences(paragraph: str) -> list[str]:
     start = 0
     for match in _BOUNDARY.finditer(text):
         punctuation = match.group(1)
-        if punctuation.endswith(".") and len(punctuation) == 1 and _is_abbreviation(text[start : match.start(1)]):
+        if punctuation.endswith(".") and len(punctuation) == 1 and _is_abbreviation(text[start : match.start(1)],
+                                                                                    text[match.end(3)]):
             continue
         end = match.end(2)
         sentence = text[start:end].strip()
