@@ -198,6 +198,17 @@ def test_finetune_learns_the_topic_task_and_saves_the_model(trained, tmp_path):
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folders left
 
 
+def test_finetuning_releases_freed_memory_every_n_steps(trained, tmp_path, monkeypatch):
+    from minibert_hf import training
+
+    released = []
+    monkeypatch.setattr(training, "RELEASE_MEMORY_EVERY", 3)
+    monkeypatch.setattr(training, "release_freed_memory", lambda: released.append(1) or True)
+    result = finetune(trained, load_csv_dataset(write_topic_csv(tmp_path / "topics.csv")), epochs=1, batch_size=4,
+                      max_steps=7, seed=0)
+    assert result.steps == 7 and len(released) == 2  # after steps 3 and 6
+
+
 def test_from_scratch_has_random_encoder_weights(trained):
     pretrained, _ = load_for_task(trained, 2)
     scratch, _ = load_for_task(trained, 2, from_scratch=True)
