@@ -1,0 +1,107 @@
+"""What a text classifier scores without any neural model: TF-IDF features and logistic regression.
+
+The reference a fine-tuned MiniBERT should beat, measured on exactly the split fine-tuning uses (the same
+``TextClassificationData``): it trains on everything fine-tuning may train on, the training part and its
+validation share, and is scored on the same held-out texts. The features follow scikit-learn's
+``TfidfVectorizer`` defaults (lower-cased words of two or more word characters, smoothed idf, each row scaled to
+unit length) and the classifier its ``LogisticRegression`` (L2 penalty, ``C`` = 1, an unpenalised intercept),
+fitted to convergence with full-batch L-BFGS on a sparse matrix.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+WORD = re.compile(r"(?u)\b\w\w+\b")
+
+
+@dataclass
+class BaselineResult:
+    accuracy: float
+    macro_f1: float
+    num_train: int
+    num_test: int
+    num_features: int
+
+
+def words(text: str) -> list[str]:
+    return WORD.findall(text.lower())
+
+
+class TfidfFeatures:
+    """The vocabulary and idf of the training texts; ``transform`` gives their unit-length TF-IDF rows."""
+
+    def __init__(self, texts: list[str]):
+        document_frequency = Counter(word for text in texts for word in set(words(text)))
+        self.vocabulary = {word: index for index, word in enumerate(sorted(document_frequency))}
+        n = len(texts)
+        # smoothed idf: as if one more document held every word once, so no word gets an infinite weight
+        self.idf = torch.tensor([math.log((1 + n) / (1 + document_frequency[word])) + 1
+                                 for word in sorted(document_frequency)], dtype=torch.float64)
+
+    def transform(self, texts: list[str]) -> torch.Tensor:
+        """(texts, vocabulary) sparse rows; words outside the vocabulary are dropped."""
+        rows, columns, counts = [], [], []
+        for row, text in enumerate(texts):
+            for word, count in Counter(w for w in words(text) if w in self.vocabulary).items():
+                rows.append(row)
+                columns.append(self.vocabulary[word])
+                counts.append(float(count))
+        index = torch.tensor([rows, columns], dtype=torch.long).reshape(2, -1)
+        values = torch.tensor(counts, dtype=torch.float64) * self.idf[index[1]]
+        norms = torch.zeros(len(texts), dtype=torch.float64).index_add_(0, index[0], values * values).sqrt()
+        values = values / norms.clamp_min(1e-12)[index[0]]
+        shape = (len(texts), len(self.vocabulary))
+        return torch.sparse_coo_tensor(index, values, shape, check_invariants=True).coalesce()
+
+
+def fit_logistic_regression(features: torch.Tensor, labels: torch.Tensor, num_labels: int, C: float = 1.0):
+    """Minimise C * (sum of the log losses) + ||W||² / 2, as scikit-learn does: one weight vector and a sigmoid for
+    two labels, one per label and a softmax for more. Returns ``predict(features) -> labels``."""
+    binary = num_labels == 2
+    weights = torch.zeros(features.shape[1], 1 if binary else num_labels, dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(weights.shape[1], dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([weights, bias], max_iter=1000, tolerance_grad=1e-7, tolerance_change=1e-12,
+                                  history_size=20, line_search_fn="strong_wolfe")
+
+    def logits(rows):
+        return torch.sparse.mm(rows, weights) + bias  # (texts, 1 or labels)
+
+    def closure():
+        optimizer.zero_grad()
+        if binary:
+            log_loss = F.binary_cross_entropy_with_logits(logits(features)[:, 0], labels.double(), reduction="sum")
+        else:
+            log_loss = F.cross_entropy(logits(features), labels, reduction="sum")
+        loss = C * log_loss + 0.5 * (weights**2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+
+    def predict(rows) -> list[int]:
+        with torch.no_grad():
+            scores = logits(rows)
+            return (scores[:, 0] > 0).long().tolist() if binary else scores.argmax(-1).tolist()
+
+    return predict
+
+
+def tfidf_logistic_regression(data, C: float = 1.0) -> BaselineResult:
+    """Train on ``data.train`` (and ``data.validation``, if any) and score ``data.test``."""
+    from .finetuning import accuracy_and_macro_f1
+
+    train = list(data.train) + list(data.validation or [])
+    features = TfidfFeatures([example.text for example in train])
+    predict = fit_logistic_regression(features.transform([example.text for example in train]),
+                                      torch.tensor([example.label for example in train]), data.num_labels, C)
+    predictions = predict(features.transform([example.text for example in data.test]))
+    accuracy, macro_f1 = accuracy_and_macro_f1(predictions, [example.label for example in data.test],
+                                               data.num_labels)
+    return BaselineResult(accuracy, macro_f1, len(train), len(data.test), len(features.vocabulary))
