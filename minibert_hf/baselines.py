@@ -1,11 +1,13 @@
-"""What a text classifier scores without any neural model: TF-IDF features and logistic regression.
+"""What a text classifier scores without fine-tuning: logistic regression on TF-IDF features, or on a frozen encoder's.
 
-The reference a fine-tuned MiniBERT should beat, measured on exactly the split fine-tuning uses (the same
-``TextClassificationData``): it trains on everything fine-tuning may train on, the training part and its
-validation share, and is scored on the same held-out texts. The features follow scikit-learn's
-``TfidfVectorizer`` defaults (lower-cased words of two or more word characters, smoothed idf, each row scaled to
-unit length) and the classifier its ``LogisticRegression`` (L2 penalty, ``C`` = 1, an unpenalised intercept),
-fitted to convergence with full-batch L-BFGS on a sparse matrix.
+Both are measured on exactly the split fine-tuning uses (the same ``TextClassificationData``): they train on
+everything fine-tuning may train on, the training part and its validation share, and are scored on the same
+held-out texts. :func:`tfidf_logistic_regression` is the reference a fine-tuned MiniBERT should beat: features as
+scikit-learn's ``TfidfVectorizer`` defaults make them (lower-cased words of two or more word characters, smoothed
+idf, each row scaled to unit length). :func:`linear_probe` asks how much of the task an encoder's features already
+hold: the vector a fine-tuned classifier would read (the pooled last layer), frozen, standardised as scikit-learn's
+``StandardScaler`` does. The classifier is scikit-learn's ``LogisticRegression`` (L2 penalty, ``C`` = 1, an
+unpenalised intercept), fitted to convergence with full-batch L-BFGS.
 """
 
 from __future__ import annotations
@@ -71,7 +73,7 @@ def fit_logistic_regression(features: torch.Tensor, labels: torch.Tensor, num_la
                                   history_size=20, line_search_fn="strong_wolfe")
 
     def logits(rows):
-        return torch.sparse.mm(rows, weights) + bias  # (texts, 1 or labels)
+        return rows @ weights + bias  # (texts, 1 or labels); rows sparse or dense
 
     def closure():
         optimizer.zero_grad()
@@ -93,15 +95,58 @@ def fit_logistic_regression(features: torch.Tensor, labels: torch.Tensor, num_la
     return predict
 
 
-def tfidf_logistic_regression(data, C: float = 1.0) -> BaselineResult:
-    """Train on ``data.train`` (and ``data.validation``, if any) and score ``data.test``."""
+def _fit_and_score(data, train_features, test_features, C: float) -> BaselineResult:
+    """Fit on the training part and its validation share (``train_features``, in that order); score ``data.test``."""
     from .finetuning import accuracy_and_macro_f1
 
     train = list(data.train) + list(data.validation or [])
-    features = TfidfFeatures([example.text for example in train])
-    predict = fit_logistic_regression(features.transform([example.text for example in train]),
-                                      torch.tensor([example.label for example in train]), data.num_labels, C)
-    predictions = predict(features.transform([example.text for example in data.test]))
-    accuracy, macro_f1 = accuracy_and_macro_f1(predictions, [example.label for example in data.test],
+    predict = fit_logistic_regression(train_features, torch.tensor([example.label for example in train]),
+                                      data.num_labels, C)
+    accuracy, macro_f1 = accuracy_and_macro_f1(predict(test_features), [example.label for example in data.test],
                                                data.num_labels)
-    return BaselineResult(accuracy, macro_f1, len(train), len(data.test), len(features.vocabulary))
+    return BaselineResult(accuracy, macro_f1, len(train), len(data.test), train_features.shape[1])
+
+
+def tfidf_logistic_regression(data, C: float = 1.0) -> BaselineResult:
+    """Train on ``data.train`` (and ``data.validation``, if any) and score ``data.test``."""
+    train = list(data.train) + list(data.validation or [])
+    features = TfidfFeatures([example.text for example in train])
+    return _fit_and_score(data, features.transform([example.text for example in train]),
+                          features.transform([example.text for example in data.test]), C)
+
+
+@torch.no_grad()
+def frozen_features(model, tokenizer, texts: list[str], max_length: int = 128, batch_size: int = 256):
+    """(texts, hidden) float64: what the linear layer of a sequence classifier reads (the model's own pooling of its
+    last layer), computed with the model as it is, in eval mode; the model is left unchanged."""
+    classifier, training = model.classifier, model.training
+    model.classifier = torch.nn.Identity()  # the "logits" are then the pooled vectors
+    model.eval()
+    try:
+        parts = []
+        for start in range(0, len(texts), batch_size):
+            batch = tokenizer(texts[start:start + batch_size], padding=True, truncation=True, max_length=max_length,
+                              return_token_type_ids=True, return_tensors="pt").to(model.device)
+            parts.append(model(**batch).logits.double().cpu())
+        return torch.cat(parts) if parts else torch.zeros(0, model.config.hidden_size, dtype=torch.float64)
+    finally:
+        model.classifier = classifier
+        model.train(training)
+
+
+def linear_probe(model_name_or_path, data, *, from_scratch: bool = False, seed: int = 0, C: float = 1.0,
+                 pooling: str | None = None, max_length: int = 128) -> BaselineResult:
+    """Logistic regression on an encoder's frozen features (see :func:`frozen_features`), each standardised by its
+    mean and spread over the training texts. ``from_scratch``: the same architecture with random weights, seeded
+    as ``finetune(..., seed=seed)`` seeds it; ``pooling``: "cls" or "mean" instead of the model's own."""
+    from .finetuning import load_for_task
+
+    model, tokenizer = load_for_task(model_name_or_path, data.num_labels, "sequence-classification", from_scratch,
+                                     seed, data.label_names, pooling=pooling)
+    max_length = min(max_length, model.config.max_position_embeddings)
+    train = list(data.train) + list(data.validation or [])
+    train_features = frozen_features(model, tokenizer, [example.text for example in train], max_length)
+    test_features = frozen_features(model, tokenizer, [example.text for example in data.test], max_length)
+    mean, spread = train_features.mean(0), train_features.std(0, correction=0)
+    spread = torch.where(spread > 0, spread, torch.ones_like(spread))  # a constant feature stays 0, not NaN
+    return _fit_and_score(data, (train_features - mean) / spread, (test_features - mean) / spread, C)

@@ -1,4 +1,5 @@
-"""The TF-IDF + logistic regression reference: its features by hand, its penalty's scale, and the CLI."""
+"""The references without fine-tuning: TF-IDF + logistic regression (its features by hand, its penalty's scale) and
+the linear probe of a frozen encoder, and their CLIs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,10 @@ import math
 import pytest
 import torch
 
-from minibert_hf.baselines import TfidfFeatures, fit_logistic_regression, tfidf_logistic_regression
+from minibert_hf import baselines
+from minibert_hf.baselines import (TfidfFeatures, fit_logistic_regression, frozen_features, linear_probe,
+                                   tfidf_logistic_regression)
+from minibert_hf.finetuning import load_for_task
 from minibert_hf.finetuning_data import Example, TextClassificationData, load_csv_dataset
 from test_finetune import write_topic_csv
 from test_inference import run_script
@@ -69,3 +73,78 @@ def test_a_single_class_training_set_predicts_that_class(label):
     data = TextClassificationData([Example("good fun", label), Example("more fun", label)],
                                   [Example("fun again", 1 - label)], ["rotten", "fresh"], "t")
     assert tfidf_logistic_regression(data).accuracy == 0.0
+
+
+# ------------------------------------------------------------------------------------------ linear probe
+
+TEXTS = ["the cat sat on the mat .", "a dog .", "the sun rose over the quiet hills and the rain fell ."]
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_frozen_features_are_the_mean_of_each_texts_own_tokens_in_eval_mode(trained):
+    # dropout 0.5 and a padded batch of three lengths: features taken in training mode, or averaged over the
+    # padding, or read from [CLS] instead of the mean would not match each text encoded alone
+    model, tokenizer = load_for_task(trained, 2, dropout=0.5, pooling="mean")
+    before = {name: value.clone() for name, value in model.state_dict().items()}
+    classifier = model.classifier
+    model.train()
+    features = frozen_features(model, tokenizer, TEXTS, batch_size=2)
+    assert features.dtype == torch.float64 and features.shape == (3, model.config.hidden_size)
+    model.eval()
+    with torch.no_grad():
+        for row, text in enumerate(TEXTS):
+            alone = model.minibert(**tokenizer(text, return_token_type_ids=True, return_tensors="pt"))
+            assert torch.allclose(features[row], alone.last_hidden_state[0].mean(0).double(), atol=1e-5)
+    assert model.classifier is classifier and all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    model.train()
+    frozen_features(model, tokenizer, TEXTS)
+    assert model.training  # put back as it was
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_linear_probe_standardises_by_the_training_texts_and_seeds_random_weights_as_finetuning(
+        tmp_path, trained, monkeypatch):
+    topics = load_csv_dataset(write_topic_csv(tmp_path / "topics.csv"))  # its test part: one of each training text
+    data = TextClassificationData(topics.train, topics.test[:5], topics.label_names, "t")  # so that the two differ
+    seen = []
+    real_fit = baselines.fit_logistic_regression
+
+    def recording_fit(features, labels, num_labels, C):
+        seen.append(features)
+        return real_fit(features, labels, num_labels, C)
+
+    monkeypatch.setattr(baselines, "fit_logistic_regression", recording_fit)
+    result = linear_probe(trained, data, C=10.0)
+    assert (result.accuracy, result.num_train, result.num_test, result.num_features) == (1.0, 36, 5, 64)
+    train = seen[-1]  # standardised by the training texts: mean 0, spread 1 in every feature
+    assert torch.allclose(train.mean(0), torch.zeros(64, dtype=torch.float64), atol=1e-9)
+    assert torch.allclose(train.std(0, correction=0), torch.ones(64, dtype=torch.float64), atol=1e-6)
+    held = TextClassificationData(topics.train[:30], topics.test, topics.label_names, "t", validation=topics.train[30:])
+    assert linear_probe(trained, held, C=10.0).num_train == len(seen[-1]) == 36  # the validation share too
+
+    models = []
+    real_features = baselines.frozen_features
+    monkeypatch.setattr(baselines, "frozen_features",
+                        lambda model, *args: models.append(model) or real_features(model, *args))
+    linear_probe(trained, data, from_scratch=True, seed=3)
+    scratch, _ = load_for_task(trained, 2, from_scratch=True, seed=3)
+    pretrained, _ = load_for_task(trained, 2)
+    weights = "minibert.embeddings.word_embeddings.weight"
+    assert torch.equal(models[-1].state_dict()[weights], scratch.state_dict()[weights])
+    assert not torch.equal(models[-1].state_dict()[weights], pretrained.state_dict()[weights])
+
+
+def test_linear_probe_cli_reports_pretrained_and_random_weights_per_seed(tmp_path, trained):
+    path = write_topic_csv(tmp_path / "topics.csv", with_split=False)
+    proc = run_script("linear_probe.py", "--model", trained, "--dataset", path, "--seeds", "0", "1", "--C", "10",
+                      "--threads", "1", "--results-json", tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stderr
+    assert "seed 0: pretrained accuracy" in proc.stdout and "seed 1: pretrained accuracy" in proc.stdout
+    assert "from random weights: accuracy mean" in proc.stdout and "LOAD REPORT" not in proc.stdout + proc.stderr
+    saved = json.loads((tmp_path / "r.json").read_text())
+    assert [r["seed"] for r in saved] == [0, 1]
+    assert all(r["pretrained"]["num_features"] == r["from_scratch"]["num_features"] == 64 for r in saved)
+    bad = run_script("linear_probe.py", "--model", trained, "--dataset", path, "--C", "-1")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == ["error: --C must be positive, got -1.0"]
+    missing = run_script("linear_probe.py", "--model", tmp_path, "--dataset", path)
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
