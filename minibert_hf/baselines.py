@@ -36,11 +36,18 @@ def words(text: str) -> list[str]:
     return WORD.findall(text.lower())
 
 
-class TfidfFeatures:
-    """The vocabulary and idf of the training texts; ``transform`` gives their unit-length TF-IDF rows."""
+def tokenizer_pieces(tokenizer):
+    """The features of a text as a model sees it: its tokenizer's pieces that hold a letter or digit."""
+    return lambda text: [piece for piece in tokenizer.tokenize(text) if any(c.isalnum() for c in piece)]
 
-    def __init__(self, texts: list[str]):
-        document_frequency = Counter(word for text in texts for word in set(words(text)))
+
+class TfidfFeatures:
+    """The vocabulary and idf of the training texts; ``transform`` gives their unit-length TF-IDF rows.
+    ``analyzer``: a text -> its features (default: :func:`words`, scikit-learn's)."""
+
+    def __init__(self, texts: list[str], analyzer=words):
+        self.analyzer = analyzer
+        document_frequency = Counter(word for text in texts for word in set(analyzer(text)))
         self.vocabulary = {word: index for index, word in enumerate(sorted(document_frequency))}
         n = len(texts)
         # smoothed idf: as if one more document held every word once, so no word gets an infinite weight
@@ -51,7 +58,7 @@ class TfidfFeatures:
         """(texts, vocabulary) sparse rows; words outside the vocabulary are dropped."""
         rows, columns, counts = [], [], []
         for row, text in enumerate(texts):
-            for word, count in Counter(w for w in words(text) if w in self.vocabulary).items():
+            for word, count in Counter(w for w in self.analyzer(text) if w in self.vocabulary).items():
                 rows.append(row)
                 columns.append(self.vocabulary[word])
                 counts.append(float(count))
@@ -107,10 +114,11 @@ def _fit_and_score(data, train_features, test_features, C: float) -> BaselineRes
     return BaselineResult(accuracy, macro_f1, len(train), len(data.test), train_features.shape[1])
 
 
-def tfidf_logistic_regression(data, C: float = 1.0) -> BaselineResult:
-    """Train on ``data.train`` (and ``data.validation``, if any) and score ``data.test``."""
+def tfidf_logistic_regression(data, C: float = 1.0, analyzer=words) -> BaselineResult:
+    """Train on ``data.train`` (and ``data.validation``, if any) and score ``data.test``; ``analyzer``: as
+    :class:`TfidfFeatures` (e.g. ``tokenizer_pieces(tokenizer)``)."""
     train = list(data.train) + list(data.validation or [])
-    features = TfidfFeatures([example.text for example in train])
+    features = TfidfFeatures([example.text for example in train], analyzer)
     return _fit_and_score(data, features.transform([example.text for example in train]),
                           features.transform([example.text for example in data.test]), C)
 

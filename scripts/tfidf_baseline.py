@@ -3,6 +3,7 @@
 
     python scripts/tfidf_baseline.py                          # Rotten Tomatoes, seeds 0 1 2 (split by movie)
     python scripts/tfidf_baseline.py --dataset reviews.csv --seeds 0
+    python scripts/tfidf_baseline.py --tokenizer outputs/minibert-default/final   # a model's pieces, not words
 
 For each seed the data is split exactly as `finetune.py --seed S` splits it; the classifier trains on the training
 part with its validation share and is scored on the same held-out texts (scikit-learn's TfidfVectorizer and
@@ -28,6 +29,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--test-fraction", type=float, default=0.2, help="held-out share when the data has no split")
     parser.add_argument("--C", type=float, default=1.0, help="inverse strength of the L2 penalty (scikit-learn's C)")
+    parser.add_argument("--tokenizer", default=None, help="a tokenizer folder (a model folder is one): count its "
+                        "pieces (those with a letter or digit) instead of words")
     parser.add_argument("--results-json", default=None, help="also write every seed's result here")
     args = parser.parse_args(argv)
     if args.C <= 0:
@@ -35,18 +38,24 @@ def main(argv=None) -> int:
 
     from dataclasses import asdict
 
-    from minibert_hf.baselines import tfidf_logistic_regression
+    from minibert_hf.baselines import tfidf_logistic_regression, tokenizer_pieces, words
     from minibert_hf.finetuning import check_options
     from minibert_hf.finetuning_data import load_task_data
 
     check_options(test_fraction=args.test_fraction)
+    analyzer = words
+    if args.tokenizer:
+        from minibert_hf.tokenizer import load_tokenizer
+
+        analyzer = tokenizer_pieces(load_tokenizer(args.tokenizer))
     results = []
     for seed in args.seeds:
         data = load_task_data("sequence-classification", args.dataset, test_fraction=args.test_fraction, seed=seed)
-        result = tfidf_logistic_regression(data, C=args.C)
-        results.append({"seed": seed, "C": args.C, **asdict(result)})
+        result = tfidf_logistic_regression(data, C=args.C, analyzer=analyzer)
+        results.append({"seed": seed, "C": args.C, "features": "pieces" if args.tokenizer else "words",
+                        **asdict(result)})
         print(f"seed {seed}: accuracy {result.accuracy:.4f}  macro-F1 {result.macro_f1:.4f}  ({result.num_train} "
-              f"train, {result.num_test} held-out, {result.num_features} words)", flush=True)
+              f"train, {result.num_test} held-out, {result.num_features} {results[-1]['features']})", flush=True)
     accuracies = [r["accuracy"] for r in results]
     print(f"TF-IDF + logistic regression (C {args.C:g}): accuracy mean {statistics.mean(accuracies):.4f} "
           f"(min {min(accuracies):.4f}, max {max(accuracies):.4f}) over {len(results)} seed(s)")

@@ -148,3 +148,34 @@ def test_linear_probe_cli_reports_pretrained_and_random_weights_per_seed(tmp_pat
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == ["error: --C must be positive, got -1.0"]
     missing = run_script("linear_probe.py", "--model", tmp_path, "--dataset", path)
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_tfidf_over_a_models_pieces_counts_what_its_tokenizer_makes_of_the_text(tmp_path, trained):
+    from minibert_hf.baselines import tokenizer_pieces
+    from minibert_hf.tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(trained)
+    text = "The cat sat, unexpectedly, on 2 mats."
+    pieces = tokenizer.tokenize(text)
+    assert "," in pieces and any(p.startswith("##") for p in pieces)  # punctuation and word pieces both occur
+    analyzer = tokenizer_pieces(tokenizer)
+    assert analyzer(text) == [p for p in pieces if p not in (",", ".")]
+    features = TfidfFeatures([text], analyzer)
+    assert set(features.vocabulary) == set(analyzer(text))
+    assert features.transform([text])._nnz() == len(set(analyzer(text)))  # every piece counted in the rows too
+    path = tmp_path / "pieces.csv"  # words the tiny tokenizer cuts into pieces, and one-character numbers
+    path.write_text("text,label\n" + "".join(f"the cat sat unexpectedly on {i} mats,1\nrain fell on {i} roofs,0\n"
+                                               for i in range(10)))
+    proc = run_script("tfidf_baseline.py", "--dataset", path, "--seeds", "0", "--C", "10", "--tokenizer", trained,
+                      "--results-json", tmp_path / "r.json")
+    assert proc.returncode == 0, proc.stderr
+    saved = json.loads((tmp_path / "r.json").read_text())[0]
+    from minibert_hf.finetuning_data import load_task_data
+
+    data = load_task_data("sequence-classification", path, seed=0)  # the split the script made
+    texts = [e.text for e in list(data.train) + list(data.validation or [])]
+    expected = len(TfidfFeatures(texts, analyzer).vocabulary)
+    assert expected != len(TfidfFeatures(texts).vocabulary)  # pieces and words tell apart here
+    assert " pieces)" in proc.stdout and (saved["features"], saved["num_features"]) == ("pieces", expected)
+    missing = run_script("tfidf_baseline.py", "--dataset", path, "--tokenizer", tmp_path / "none")
+    assert missing.returncode == 2 and missing.stderr.strip().endswith("tokenizer folder does not exist")
