@@ -102,6 +102,13 @@ def fit_logistic_regression(features: torch.Tensor, labels: torch.Tensor, num_la
     return predict
 
 
+def seeds_summary(accuracies: list[float]) -> str:
+    """"accuracy mean M (min A, max B) over N seed(s)": the closing line of the baseline scripts."""
+    mean = sum(accuracies) / len(accuracies)
+    return (f"accuracy mean {mean:.4f} (min {min(accuracies):.4f}, max {max(accuracies):.4f}) "
+            f"over {len(accuracies)} seed(s)")
+
+
 def _fit_and_score(data, train_features, test_features, C: float) -> BaselineResult:
     """Fit on the training part and its validation share (``train_features``, in that order); score ``data.test``."""
     from .finetuning import accuracy_and_macro_f1

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -46,7 +45,7 @@ def main(argv=None) -> int:
 
     from transformers.utils import logging as hf_logging
 
-    from minibert_hf.baselines import linear_probe
+    from minibert_hf.baselines import linear_probe, seeds_summary
     from minibert_hf.finetuning import check_options
     from minibert_hf.finetuning_data import load_task_data
     from minibert_hf.model_folder import check_model_folder
@@ -73,9 +72,7 @@ def main(argv=None) -> int:
               f"{row['from_scratch']['accuracy']:.4f}  ({result.num_train} train, {result.num_test} held-out, "
               f"{result.num_features} features)", flush=True)
     for kind, shown in (("pretrained", "pretrained"), ("from_scratch", "from random weights")):
-        accuracies = [r[kind]["accuracy"] for r in results]
-        print(f"linear probe (C {args.C:g}), {shown}: accuracy mean {statistics.mean(accuracies):.4f} "
-              f"(min {min(accuracies):.4f}, max {max(accuracies):.4f}) over {len(results)} seed(s)")
+        print(f"linear probe (C {args.C:g}), {shown}: {seeds_summary([r[kind]['accuracy'] for r in results])}")
     if args.results_json:
         from minibert_hf.atomic import write_text
 

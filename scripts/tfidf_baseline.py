@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -38,7 +37,7 @@ def main(argv=None) -> int:
 
     from dataclasses import asdict
 
-    from minibert_hf.baselines import tfidf_logistic_regression, tokenizer_pieces, words
+    from minibert_hf.baselines import seeds_summary, tfidf_logistic_regression, tokenizer_pieces, words
     from minibert_hf.finetuning import check_options
     from minibert_hf.finetuning_data import load_task_data
 
@@ -56,9 +55,7 @@ def main(argv=None) -> int:
                         **asdict(result)})
         print(f"seed {seed}: accuracy {result.accuracy:.4f}  macro-F1 {result.macro_f1:.4f}  ({result.num_train} "
               f"train, {result.num_test} held-out, {result.num_features} {results[-1]['features']})", flush=True)
-    accuracies = [r["accuracy"] for r in results]
-    print(f"TF-IDF + logistic regression (C {args.C:g}): accuracy mean {statistics.mean(accuracies):.4f} "
-          f"(min {min(accuracies):.4f}, max {max(accuracies):.4f}) over {len(results)} seed(s)")
+    print(f"TF-IDF + logistic regression (C {args.C:g}): {seeds_summary([r['accuracy'] for r in results])}")
     if args.results_json:
         from minibert_hf.atomic import write_text
 
