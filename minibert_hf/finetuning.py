@@ -33,6 +33,9 @@ from .finetuning_data import TextClassificationData, TokenClassificationData, ch
 from .model_folder import save_model_folder
 
 TASKS = ("sequence-classification", "token-classification")
+# the peak learning rate per task when none is given: the best of the 3e-4 / 1e-3 / 3e-3 sweeps for make pretrain's
+# model (Rotten Tomatoes and CoNLL-2003, 3 seeds each; README, "Does pretraining pay off downstream?")
+DEFAULT_LEARNING_RATES = {"sequence-classification": 1e-3, "token-classification": 3e-3}
 
 
 @dataclass
@@ -208,7 +211,7 @@ def scores(task: str, logits, labels, label_names, sentence_tags=None) -> dict:
 # --------------------------------------------------------------------------------------------- training
 
 
-def check_options(*, epochs=3.0, max_steps=None, batch_size=32, learning_rate=1e-3, max_length=128,
+def check_options(*, epochs=3.0, max_steps=None, batch_size=32, learning_rate=None, max_length=128,
                   dropout=None, test_fraction=0.2, validation_fraction=0.1, pooling=None,
                   task="sequence-classification") -> None:
     """Raise a one-line MiniBertInputError (naming the CLI flag) for a fine-tuning option that cannot work."""
@@ -220,7 +223,7 @@ def check_options(*, epochs=3.0, max_steps=None, batch_size=32, learning_rate=1e
     need(epochs > 0, "epochs", "more than 0", epochs)
     need(max_steps is None or max_steps >= 1, "max-steps", "at least 1", max_steps)
     need(batch_size >= 1, "batch-size", "at least 1", batch_size)
-    need(learning_rate > 0, "learning-rate", "more than 0", learning_rate)
+    need(learning_rate is None or learning_rate > 0, "learning-rate", "more than 0", learning_rate)
     need(max_length >= 3, "max-length", "at least 3", max_length)
     need(dropout is None or 0 <= dropout < 1, "dropout", "in [0, 1)", dropout)
     need(pooling in (None, "cls", "mean"), "pooling", "cls or mean", pooling)
@@ -236,7 +239,7 @@ def finetune(
     epochs: float = 3.0,
     max_steps: int | None = None,
     batch_size: int = 32,
-    learning_rate: float = 1e-3,
+    learning_rate: float | None = None,
     weight_decay: float = 0.01,
     warmup_fraction: float = 0.1,
     max_length: int = 128,
@@ -253,7 +256,8 @@ def finetune(
     ``data.test`` of the epoch that scored best on validation (accuracy, or entity F1 for tagging).
 
     AdamW with linear warm-up (``warmup_fraction`` of the steps) and linear decay, no weight decay on biases and
-    LayerNorm, gradient clipping at 1.0, dropout 0.1 (``dropout=None`` keeps the model's own), as in BERT;
+    LayerNorm, gradient clipping at 1.0, dropout 0.1 (``dropout=None`` keeps the model's own), as in BERT; peak
+    ``learning_rate`` by default the task's in ``DEFAULT_LEARNING_RATES``;
     ``pooling``: see :func:`load_for_task`. ``max_steps`` (if given) stops training early. ``log`` gets a line per
     validation; ``progress`` shows Trainer's bar. With ``output_dir``, the fine-tuned model, tokenizer and
     ``results.json`` are written there (to a temporary name first, then renamed).
@@ -265,6 +269,7 @@ def finetune(
     from . import training
 
     task = task_of(data)
+    learning_rate = DEFAULT_LEARNING_RATES[task] if learning_rate is None else learning_rate
     check_options(epochs=epochs, max_steps=max_steps, batch_size=batch_size, learning_rate=learning_rate,
                   max_length=max_length, dropout=dropout, pooling=pooling, validation_fraction=validation_fraction,
                   task=task)
@@ -368,5 +373,5 @@ def _check_writable(folder: Path) -> None:
         raise MiniBertInputError("exists and is not a folder", file=folder)
 
 
-__all__ = ["FinetuneResult", "TASKS", "accuracy_and_macro_f1", "check_options", "entity_scores", "entity_spans",
+__all__ = ["DEFAULT_LEARNING_RATES", "FinetuneResult", "TASKS", "accuracy_and_macro_f1", "check_options", "entity_scores", "entity_spans",
            "finetune", "load_for_task"]

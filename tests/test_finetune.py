@@ -207,6 +207,7 @@ def test_finetuning_releases_freed_memory_every_n_steps(trained, tmp_path, monke
     result = finetune(trained, load_csv_dataset(write_topic_csv(tmp_path / "topics.csv")), epochs=1, batch_size=4,
                       max_steps=7, seed=0)
     assert result.steps == 7 and len(released) == 2  # after steps 3 and 6
+    assert result.settings["learning_rate"] == 1e-3  # no rate given: the default for sequence classification
 
 
 def test_from_scratch_has_random_encoder_weights(trained):

@@ -236,6 +236,7 @@ def test_finetune_scores_the_words_past_max_length(trained, tmp_path):
     spans = [entity_spans([data.label_names[t] for t in s.tags]) for s in data.test]
     in_view = sum(last <= 1 for sentence in spans for _, _, last in sentence)
     assert result.recall <= in_view / sum(map(len, spans)) < 1
+    assert result.settings["learning_rate"] == 3e-3  # no rate given: tagging's own default, not classification's
 
 
 def test_finetune_cli_token_classification(trained, tmp_path):
@@ -247,7 +248,7 @@ def test_finetune_cli_token_classification(trained, tmp_path):
     assert any(line.startswith("pretrained: entity precision ") and " F1 " in line
                for line in proc.stdout.splitlines())
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
-    assert saved["steps"] == 4 and 0.0 <= saved["f1"] <= 1.0
+    assert saved["steps"] == 4 and 0.0 <= saved["f1"] <= 1.0 and saved["settings"]["learning_rate"] == 3e-3
 
 
 @pytest.mark.parametrize("extra, fragment", [
