@@ -373,5 +373,5 @@ def _check_writable(folder: Path) -> None:
         raise MiniBertInputError("exists and is not a folder", file=folder)
 
 
-__all__ = ["DEFAULT_LEARNING_RATES", "FinetuneResult", "TASKS", "accuracy_and_macro_f1", "check_options", "entity_scores", "entity_spans",
-           "finetune", "load_for_task"]
+__all__ = ["DEFAULT_LEARNING_RATES", "FinetuneResult", "TASKS", "accuracy_and_macro_f1", "check_options",
+           "entity_scores", "entity_spans", "finetune", "load_for_task"]
