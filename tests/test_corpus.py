@@ -38,7 +38,7 @@ SPLITS = [
     ("", []),
     ("   ", []),
     ("The train left at 10.45 p.m. and arrived at dawn.", ["The train left at 10.45 p.m. and arrived at dawn."]),
-    # a number with a decimal point ends its sentence; "No." and "pp." are abbreviations before a number only
+    # a number with a decimal point ends its sentence; "No." is an abbreviation before a number only ("pp." always)
     ("It reached version 2.0. Next came 3.1.", ["It reached version 2.0.", "Next came 3.1."]),
     ("He said no. Then he left.", ["He said no.", "Then he left."]),
     ("It was No. 5 on the list. See pp. 12 and fig. 3 there.", ["It was No. 5 on the list.",
