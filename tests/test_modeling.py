@@ -208,6 +208,60 @@ def test_sdpa_matches_plain_softmax_attention():
     torch.testing.assert_close(b.pooler_output, b.last_hidden_state[:, 0])
 
 
+def test_cpu_dropout_drops_at_its_rate_and_keeps_the_mean():
+    """The model's own dropout (a cheaper mask on the CPU): each element dropped with probability p, independently
+    of its place among the four that share a random draw, the rest scaled so the mean stays; seeded like torch's."""
+    from minibert_hf.modeling_minibert import dropout
+
+    n = 400_003  # not a multiple of 4
+    x = torch.ones(n, requires_grad=True)
+    for p in (0.1, 0.5):
+        y = dropout(x, p, True)
+        dropped = y == 0
+        tolerance = 4 * (p * (1 - p) / (n / 4)) ** 0.5  # four standard deviations of a quarter of the elements
+        for offset in range(4):
+            assert abs(dropped[offset::4].double().mean().item() - p) < tolerance, (p, offset)
+        groups = dropped[: n // 4 * 4].view(-1, 4)  # the four elements of each random draw: independent
+        both = (groups[:, 0] & groups[:, 1]).double().mean().item()
+        assert abs(both - p * p) < 4 * (p * p * (1 - p * p) / (n / 4)) ** 0.5, p
+        kept = y[~dropped]
+        assert torch.all(kept == kept[0]) and abs(kept[0].item() - 1 / (1 - p)) < 1e-4
+        assert abs(y.double().mean().item() - 1) < 4 * (p / (1 - p) / n) ** 0.5
+        (grad,) = torch.autograd.grad(y.sum(), x)
+        assert torch.equal(grad, y.detach())  # the gradient passes the kept elements, scaled the same way
+    torch.manual_seed(3)
+    first = dropout(torch.ones(2, 3, 50), 0.3, True)
+    torch.manual_seed(3)
+    assert torch.equal(first, dropout(torch.ones(2, 3, 50), 0.3, True)) and first.shape == (2, 3, 50)
+    assert not torch.equal(first, dropout(torch.ones(2, 3, 50), 0.3, True))
+    half = torch.ones(1000, dtype=torch.bfloat16)
+    assert dropout(half, 0.1, True).dtype == torch.bfloat16
+    assert dropout(x, 0.5, False) is x and dropout(x, 0.0, True) is x
+    assert torch.equal(dropout(x, 1.0, True), torch.zeros(n))
+
+
+def test_attention_dropout_on_the_cpu():
+    """Attention dropout runs (train mode differs from eval mode with no other dropout), through the same draws
+    whether or not the attention weights are asked for; every dropout layer is still an nn.Dropout."""
+    model = tiny_model(MiniBertModel, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.5)
+    assert all(isinstance(m.dropout, torch.nn.Dropout) for m in model.modules() if hasattr(m, "dropout"))
+    batch = {k: v for k, v in make_batch().items() if k in ("input_ids", "attention_mask", "token_type_ids")}
+    real = batch["attention_mask"].bool()
+    evaluated = model(**batch).last_hidden_state
+    model.train()
+    torch.manual_seed(0)
+    trained = model(**batch).last_hidden_state
+    torch.manual_seed(0)
+    with_weights = model(**batch, output_attentions=True)
+    assert (trained - evaluated)[real].abs().max() > 1e-2
+    torch.testing.assert_close(with_weights.last_hidden_state[real], trained[real], atol=1e-6, rtol=0)
+    assert len(with_weights.attentions) == 2
+    model.config.attention_probs_dropout_prob = 0.0
+    for layer in model.layers:
+        layer.attention.dropout_prob = 0.0
+    torch.testing.assert_close(model(**batch).last_hidden_state[real], evaluated[real], atol=1e-5, rtol=0)
+
+
 def reference_pre_ln_layer(layer, hidden_states, mask):
     """A pre-LN block written out: x + attention(LN(x)), then x + feed-forward(LN(x))."""
     normed = layer.attention_LayerNorm(hidden_states)
