@@ -80,7 +80,9 @@ def dropout(x, p, training):
         return x * 0.0
     draws = torch.empty((x.numel() + 3) // 4, dtype=torch.int64, device=x.device).random_()
     bits = draws.view(torch.int16)[: x.numel()].view(x.shape) & 0x7FFF  # uniform in [0, 32768)
-    return x * (bits >= threshold) * (32768 / (32768 - threshold))
+    scale = (bits >= threshold).to(torch.promote_types(x.dtype, torch.float32))
+    scale.mul_(32768 / (32768 - threshold))  # 0 where dropped, 1 / (1 - p) elsewhere: one factor for backward too
+    return (x * scale).to(x.dtype)
 
 
 class Dropout(nn.Dropout):
