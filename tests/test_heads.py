@@ -5,6 +5,7 @@ loads into every head through remote code, without this package, with no warning
 leaves out; the head trains (loss, backward), saves and reloads to the same outputs.
 """
 
+import contextlib
 import json
 import os
 import subprocess
@@ -14,6 +15,7 @@ import textwrap
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers import PreTrainedModel
 
 from isolation import BLOCK_MINIBERT_HF
 from minibert_hf import (
@@ -205,6 +207,10 @@ def test_next_sentence_prediction_head_is_the_pretraining_head():
 
 # ------------------------------------------------------------------------------------- gradient checkpointing
 
+# transformers 5.23 renamed gradient_checkpointing_enable to activation_checkpointing_enable (and is_... likewise);
+# the package supports transformers 5.0 on, so both names are tested where they exist.
+RENAMED_CHECKPOINTING = hasattr(PreTrainedModel, "activation_checkpointing_enable")
+
 
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "padded"])
 @pytest.mark.parametrize("fields", [dict(), dict(position_embedding_type="rotary", layer_norm_position="pre",
@@ -229,10 +235,14 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(padded, fields
         return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}, len(calls)
 
     plain_loss, plain_grads, plain_calls = loss_and_grads()
-    model.activation_checkpointing_enable()  # transformers 5's name of gradient_checkpointing_enable
-    assert model.is_activation_checkpointing  # transformers 5 name of is_gradient_checkpointing
+    if RENAMED_CHECKPOINTING:
+        model.activation_checkpointing_enable()
+        assert model.is_activation_checkpointing
+    else:
+        model.gradient_checkpointing_enable()
+        assert model.is_gradient_checkpointing
     loss, grads, checkpointed_calls = loss_and_grads()
-    model.activation_checkpointing_disable()
+    model.activation_checkpointing_disable() if RENAMED_CHECKPOINTING else model.gradient_checkpointing_disable()
     hook.remove()
     assert (plain_calls, checkpointed_calls) == (1, 2)  # the layer really was recomputed in the backward pass
     torch.testing.assert_close(loss, plain_loss, atol=1e-6, rtol=0)
@@ -243,6 +253,7 @@ def test_gradient_checkpointing_gives_the_same_loss_and_gradients(padded, fields
 
 def test_gradient_checkpointing_enable_the_name_users_know():
     model = tiny_model()
-    with pytest.warns(FutureWarning):  # deprecated in transformers 5 for activation_checkpointing_enable
+    # deprecated since transformers 5.23 for activation_checkpointing_enable; the only name before
+    with pytest.warns(FutureWarning) if RENAMED_CHECKPOINTING else contextlib.nullcontext():
         model.gradient_checkpointing_enable()
     assert all(layer.gradient_checkpointing for layer in model.minibert.layers)
