@@ -17,7 +17,7 @@ from typing import Sequence
 import numpy as np
 
 from .pretraining_csv import encode_row
-from .tokenizer import CLS_ID, MASK_ID, NUM_SPECIAL, SEP_ID
+from .tokenizer import CLS_ID, MASK_ID, NUM_SPECIAL, SEP_ID, SentenceEncoder
 
 
 class PairBuilder:
@@ -163,10 +163,12 @@ def mask_rows(rows: Sequence[list], vocab_size: int, mlm_probability: float, rng
 
 @functools.lru_cache(maxsize=1)
 def _backend(tokenizer_json: str):
-    """The ``tokenizers`` backend of a serialised tokenizer, parsed once per process."""
+    """The ``tokenizers`` backend of a serialised tokenizer and its `SentenceEncoder`, made once per process (the
+    encoder's word cache then lasts across the windows a worker processes)."""
     from tokenizers import Tokenizer
 
-    return Tokenizer.from_str(tokenizer_json)
+    backend = Tokenizer.from_str(tokenizer_json)
+    return backend, SentenceEncoder(backend)
 
 
 def process_window(job) -> tuple[str, dict]:
@@ -180,7 +182,7 @@ def process_window(job) -> tuple[str, dict]:
     from .corpus import split_sentences
 
     options, tokenizer_json, split, window_number, texts, spare = job
-    backend = _backend(tokenizer_json)
+    backend, encode = _backend(tokenizer_json)
     rng = random.Random(f"{options.seed}/{split}/{window_number}")
     np_rng = np.random.default_rng([int(options.seed) & 0xFFFFFFFF, 1 if split == "test" else 0, window_number])
     builder = PairBuilder(options.max_seq_length, rng, options.short_seq_prob)
@@ -189,12 +191,12 @@ def process_window(job) -> tuple[str, dict]:
     def tokenise(documents):
         sentence_docs = [[s for paragraph in doc for s in split_sentences(paragraph)] for doc in documents]
         flat = [s for doc in sentence_docs for s in doc]
-        encodings = backend.encode_batch_fast(flat, add_special_tokens=False) if flat else []
+        encoded = encode(flat) if flat else []
         ids_docs, text_docs, k = [], [], 0
         for doc in sentence_docs:
             ids_doc, text_doc = [], []
             for text in doc:
-                ids = encodings[k].ids
+                ids = encoded[k]
                 k += 1
                 if ids:
                     ids_doc.append(ids)

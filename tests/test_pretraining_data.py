@@ -205,6 +205,37 @@ def test_same_seed_gives_byte_identical_csvs_any_worker_count(tmp_path, tokenize
     assert (tmp_path / "a" / "train.csv").read_bytes() != (tmp_path / "c" / "train.csv").read_bytes()
 
 
+def test_the_word_cache_changes_no_byte_of_the_csvs(tmp_path, tokenizer, monkeypatch):
+    """The preparation encodes sentences through `SentenceEncoder`'s word cache; with the tokenizers library alone
+    the CSVs are the same bytes, texts the cache leaves to the library included."""
+    from minibert_hf import pairs
+    from minibert_hf.tokenizer import SentenceEncoder
+
+    docs = generated_documents(120, seed=5) + [
+        ["Ünïcödé café opened in 1999. It's 3.14 -- isn't it?", "The snake_case name stayed. Tabs\tand all."],
+        ["A [MASK] token and a [sep] sit here. CamelCase Words, (e.g.) these!", "The end came soon. It was late."],
+    ]
+    kwargs = dict(documents=docs, tokenizer=tokenizer, max_seq_length=MAX_LEN, test_size=0.2, show_progress=False,
+                  window=25, seed=3, num_workers=0)
+    prepare_pretraining_data(tmp_path / "cached", **kwargs)
+    _, encoder = pairs._backend(tokenizer.backend_tokenizer.to_str())
+    assert encoder.fast and "snake" in encoder.cache  # the cache did the work
+
+    class LibraryOnly(SentenceEncoder):
+        def __init__(self, backend):
+            super().__init__(backend)
+            self.fast = False
+
+    monkeypatch.setattr(pairs, "SentenceEncoder", LibraryOnly)
+    pairs._backend.cache_clear()
+    try:
+        prepare_pretraining_data(tmp_path / "library", **kwargs)
+    finally:
+        pairs._backend.cache_clear()
+    for name in ("train.csv", "test.csv"):
+        assert (tmp_path / "cached" / name).read_bytes() == (tmp_path / "library" / name).read_bytes()
+
+
 def test_text_files_source_and_mlm_probability(tmp_path, tokenizer):
     files = [FIXTURES / "corpus.txt", FIXTURES / "more_docs.txt"]
     stats = prepare_pretraining_data(tmp_path, text_files=files, tokenizer=tokenizer,

@@ -9,7 +9,13 @@ import pytest
 from transformers import AutoTokenizer
 
 from minibert_hf.errors import MiniBertInputError
-from minibert_hf.tokenizer import SPECIAL_TOKENS, check_special_ids, load_tokenizer, train_tokenizer
+from minibert_hf.tokenizer import (
+    SPECIAL_TOKENS,
+    SentenceEncoder,
+    check_special_ids,
+    load_tokenizer,
+    train_tokenizer,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -137,3 +143,43 @@ def test_the_vocabulary_is_numbered_specials_then_words_then_pieces_and_numberin
     lines = [line for line in text.splitlines() if line] + ["Unheard-of wordings: lighthouses, zebras, 1999!"]
     for line in lines:
         assert renumbered.encode(line, add_special_tokens=False).tokens == tokenizer.tokenize(line), line
+
+
+# Texts where a shortcut around the library could go wrong: case, punctuation of every kind, digits, the underscore,
+# tabs and control characters (BERT's normaliser drops or turns them into spaces), added tokens written raw or
+# lowercased, accents and other non-ASCII text, a word past WordPiece's 100 characters ([UNK]), empty text.
+TRICKY_TEXTS = [
+    "Hello, World!", "It's 3.14 -- isn't it?", "snake_case and CamelCase", "e.g. U.S.A. (1999)", "abc123def 42",
+    "~`^|{}<>@#$%&*+=/\\", "tab\there", "new\nline", "ctrl\x01char", "del\x7fchar", "[SEP] inside", "a [mask] here",
+    "[UNK]", "Ünïcödé café", "\u201ccurly quotes\u201d", "emoji \U0001f642 here", "x" * 150, "", "   ", "double  space ",
+]
+
+
+def test_sentence_encoder_gives_the_library_ids(tokenizer):
+    """The word-cache encoder gives the ids of the tokenizers library on every text, cold and warm, and with a
+    cache too small for one batch; the cache holds only printable-ASCII words and never grows past its bound."""
+    backend = tokenizer.backend_tokenizer
+    texts = TRICKY_TEXTS + FIXTURES.joinpath("more_docs.txt").read_text(encoding="utf-8").splitlines()
+    expected = [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    encoder = SentenceEncoder(backend)
+    assert encoder.fast
+    assert encoder(texts) == expected
+    assert encoder(texts) == expected  # now from the cache
+    assert {"hello", ",", "3", "snake", "_"} <= encoder.cache.keys()
+    assert all(word.isascii() and word.isprintable() and word == word.lower() for word in encoder.cache)
+    assert not {"[", "sep", "]", "unk"} & encoder.cache.keys()  # texts holding added tokens went to the library
+    small = SentenceEncoder(backend, max_cached_words=5)
+    assert [small([text])[0] for text in texts] == expected and len(small.cache) <= 5
+    assert small(texts) == expected and len(small.cache) <= 5
+
+
+def test_sentence_encoder_leaves_other_tokenizers_to_the_library():
+    """A tokenizer without BERT's lowercasing normaliser (here none: case matters) is encoded by the library."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {token: i for i, token in enumerate([*SPECIAL_TOKENS, "Hello", "hello", "!", "##o"])}
+    backend = Tokenizer(models.WordPiece(vocab, unk_token="[UNK]"))
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    encoder = SentenceEncoder(backend)
+    assert not encoder.fast
+    assert encoder(["Hello hello!"]) == [[5, 6, 7]]
