@@ -16,6 +16,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import sys
 import time
 from pathlib import Path
@@ -47,6 +48,9 @@ class PreparationOptions:
         "help": "probability that a pair aims at a random shorter length (BERT's short_seq_prob)"})
     window: int = dataclasses.field(default=1000, metadata={
         "help": "documents held in memory at once, the pool NSP negatives are drawn from"})
+    tokenizer_sample_mb: float = dataclasses.field(default=32.0, metadata={
+        "help": "train the tokenizer on about this many MB of text, documents drawn evenly with the seed, when the "
+                "corpus is larger (0 = on all of it; the default corpus is smaller; ignored with --tokenizer)"})
 
     def __post_init__(self):
         def need(ok, name, rule):
@@ -63,6 +67,8 @@ class PreparationOptions:
         need(self.dupe_factor >= 1, "dupe_factor", "at least 1")
         need(0.0 <= self.short_seq_prob <= 1.0, "short_seq_prob", "in [0, 1]")
         need(self.window >= 1, "window", "at least 1")
+        need(isinstance(self.tokenizer_sample_mb, (int, float)) and not isinstance(self.tokenizer_sample_mb, bool)
+             and self.tokenizer_sample_mb >= 0, "tokenizer_sample_mb", "a number, 0 or more")
 
 
 def _documents_factory(documents, text_files) -> tuple[Callable[[], Iterator[list]], dict]:
@@ -114,8 +120,10 @@ def prepare_pretraining_data(output_dir, options: PreparationOptions | None = No
     try:
         # 1. tokenizer
         t0 = time.perf_counter()
+        sample_fraction = None
         if tokenizer is None:
-            first_pass = open_documents()
+            first_pass, sample_fraction = tokenizer_documents(options, open_documents,
+                                                              text_files if documents is None else None)
             if show_progress:
                 from tqdm.auto import tqdm
 
@@ -152,6 +160,7 @@ def prepare_pretraining_data(output_dir, options: PreparationOptions | None = No
         cpu_seconds = _cpu_seconds() - cpu_started
         stats = _stats(info, counts, options, len(tokenizer), tokenizer_trained,
                        dict(tokenizer=tokenizer_seconds, pairs=pairs_seconds, total=total_seconds, cpu=cpu_seconds))
+        stats["tokenizer_sample_fraction"] = None if sample_fraction is None else round(sample_fraction, 6)
         write_text(tmp / "stats.json", json.dumps(stats, indent=2) + "\n")
 
         # 3. move into place: the CSVs last, so train.csv exists only when everything else does
@@ -160,6 +169,25 @@ def prepare_pretraining_data(output_dir, options: PreparationOptions | None = No
         return stats
     finally:
         remove(tmp)
+
+
+def tokenizer_documents(options: PreparationOptions, open_documents, text_files=None) -> tuple[Iterator, float]:
+    """The documents the tokenizer trains on, and their expected share: all of them (1.0) unless the corpus is
+    larger than ``options.tokenizer_sample_mb``, then each document with that share's probability, drawn with the
+    seed. The corpus's size: its text files' sizes, else one counting pass over the documents (characters, about
+    bytes for most text)."""
+    fraction = 1.0
+    if options.tokenizer_sample_mb:
+        if text_files:
+            size = sum(os.path.getsize(name) for name in text_files)
+        else:
+            size = sum(len(paragraph) for document in open_documents() for paragraph in document)
+        fraction = min(1.0, options.tokenizer_sample_mb * 1e6 / max(size, 1))
+    documents = open_documents()
+    if fraction < 1.0:
+        draw = random.Random(f"{options.seed}/tokenizer-sample").random
+        documents = (document for document in documents if draw() < fraction)
+    return documents, fraction
 
 
 def _stats(info: dict, counts: dict, options: PreparationOptions, vocab_size: int, tokenizer_trained: bool,

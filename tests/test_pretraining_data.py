@@ -236,6 +236,35 @@ def test_the_word_cache_changes_no_byte_of_the_csvs(tmp_path, tokenizer, monkeyp
         assert (tmp_path / "cached" / name).read_bytes() == (tmp_path / "library" / name).read_bytes()
 
 
+def test_the_tokenizer_trains_on_a_seeded_sample_of_a_large_corpus(tmp_path):
+    """With --tokenizer-sample-mb below the corpus's size the tokenizer trains on about that share of the
+    documents, the same ones for the same seed; a cap above the size, or 0, gives it every document."""
+    from minibert_hf.pretraining_data import PreparationOptions, tokenizer_documents
+
+    docs = generated_documents(400)
+    chars = sum(len(p) for doc in docs for p in doc)
+
+    def drawn(cap_share, seed=1, text_files=None):
+        options = PreparationOptions(tokenizer_sample_mb=cap_share * chars / 1e6, seed=seed)
+        chosen, fraction = tokenizer_documents(options, lambda: iter(docs), text_files)
+        return [docs.index(doc) for doc in chosen], fraction
+
+    assert drawn(0) == (list(range(400)), 1.0) and drawn(2.0) == (list(range(400)), 1.0)
+    sample, fraction = drawn(0.25)
+    assert fraction == pytest.approx(0.25) and 60 <= len(sample) <= 140  # about a quarter, in corpus order
+    assert sample == sorted(sample) and drawn(0.25) == (sample, fraction) and drawn(0.25, seed=2)[0] != sample
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n\n".join("\n".join(doc) for doc in docs) + "\n", encoding="utf-8")
+    assert drawn(0.25, text_files=[str(corpus)])[1] == pytest.approx(0.25 * chars / corpus.stat().st_size)
+
+    kwargs = dict(documents=docs, vocab_size=3000, max_seq_length=MAX_LEN, show_progress=False, num_workers=0)
+    whole = prepare_pretraining_data(tmp_path / "whole", **kwargs)
+    tenth = prepare_pretraining_data(tmp_path / "tenth", **kwargs, tokenizer_sample_mb=chars * 0.1 / 1e6)
+    assert whole["tokenizer_sample_fraction"] == 1.0 and tenth["tokenizer_sample_fraction"] == pytest.approx(0.1)
+    assert tenth["vocab_size"] < whole["vocab_size"]  # a tenth of the text holds fewer distinct pieces
+    with pytest.raises(MiniBertInputError, match="--tokenizer-sample-mb"):
+        prepare_pretraining_data(tmp_path / "bad", **kwargs, tokenizer_sample_mb=-1)
+
 def test_text_files_source_and_mlm_probability(tmp_path, tokenizer):
     files = [FIXTURES / "corpus.txt", FIXTURES / "more_docs.txt"]
     stats = prepare_pretraining_data(tmp_path, text_files=files, tokenizer=tokenizer,
