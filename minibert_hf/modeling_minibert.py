@@ -164,12 +164,14 @@ class MiniBertSelfAttention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.dropout_prob = config.attention_probs_dropout_prob
 
-    def forward(self, hidden_states, mask=None, output_attentions=False, unpadded=None, rotary=None):
+    def forward(self, hidden_states, mask=None, output_attentions=False, unpadded=None, rotary=None, keep=None):
         """hidden_states (batch, seq, hidden); mask (batch, 1, 1, seq) bool, True = may be attended to.
 
         With ``unpadded`` (an :class:`Unpadded`) hidden_states holds only the real tokens, (tokens, hidden): they are
         projected as they are and put in place (zeros at padding) only for the attention itself.
         ``rotary``: the (cos, sin) of `rotary_tables`, applied to queries and keys together.
+        ``keep``: indices of the rows of hidden_states, flattened to (rows, hidden), whose outputs are needed: only
+        their queries are attended with (every token is still a key and value), and (kept, hidden) comes out.
         """
         qkv = self.qkv(hidden_states)
         if unpadded is not None:
@@ -182,6 +184,14 @@ class MiniBertSelfAttention(nn.Module):
             value = qkv[:, :, 2].transpose(1, 2)
         else:
             query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each (batch, heads, seq, head_dim)
+        if keep is not None:  # the kept queries, packed to the left of each row: (batch, heads, most kept, head_dim)
+            where = keep if unpadded is None else unpadded.index[keep]  # flat positions row * seq + column
+            rows, columns = where // seq, where % seq
+            counts = torch.bincount(rows, minlength=batch)
+            slots = torch.arange(len(where), device=where.device) - (counts.cumsum(0) - counts)[rows]
+            packed = query.new_zeros(batch, self.num_heads, int(counts.max()), self.head_dim)
+            packed[rows, :, slots] = query[rows, :, columns]
+            query = packed
         dropout_prob = self.dropout_prob if self.training else 0.0
         # On the CPU, SDPA draws its dropout mask the slow way (see `dropout`), so dropout there takes the explicit
         # computation too; otherwise it runs only when the attention weights themselves are asked for.
@@ -196,6 +206,8 @@ class MiniBertSelfAttention(nn.Module):
         else:
             weights = None
             context = F.scaled_dot_product_attention(query, key, value, attn_mask=mask, dropout_p=dropout_prob)
+        if keep is not None:
+            return context[rows, :, slots].reshape(-1, hidden), weights  # (kept, hidden)
         context = context.transpose(1, 2).reshape(batch, seq, hidden)
         if unpadded is not None:
             context = unpadded.pack(context)
@@ -226,15 +238,22 @@ class MiniBertLayer(GradientCheckpointingLayer):
     def feed_forward(self, hidden_states):
         return self.dropout(self.output(self.activation(self.intermediate(hidden_states))))
 
-    def forward(self, hidden_states, mask=None, output_attentions=False, unpadded=None, rotary=None):
+    def forward(self, hidden_states, mask=None, output_attentions=False, unpadded=None, rotary=None, keep=None):
+        """``keep``: indices of the rows of hidden_states, flattened to (rows, hidden), whose outputs are needed;
+        the block computes those alone, (kept, hidden), reading every token as a key and value."""
+
+        def kept(states):  # (..., hidden) -> (kept, hidden)
+            return states if keep is None else states.reshape(-1, states.shape[-1]).index_select(0, keep)
+
         if self.pre_norm:
             context, weights = self.attention(self.attention_LayerNorm(hidden_states), mask, output_attentions,
-                                              unpadded, rotary)
-            hidden_states = hidden_states + self.dropout(self.attention_output(context))
+                                              unpadded, rotary, keep)
+            hidden_states = kept(hidden_states) + self.dropout(self.attention_output(context))
             hidden_states = hidden_states + self.feed_forward(self.output_LayerNorm(hidden_states))
         else:
-            context, weights = self.attention(hidden_states, mask, output_attentions, unpadded, rotary)
-            hidden_states = self.attention_LayerNorm(hidden_states + self.dropout(self.attention_output(context)))
+            context, weights = self.attention(hidden_states, mask, output_attentions, unpadded, rotary, keep)
+            hidden_states = self.attention_LayerNorm(kept(hidden_states)
+                                                     + self.dropout(self.attention_output(context)))
             hidden_states = self.output_LayerNorm(hidden_states + self.feed_forward(hidden_states))
         return hidden_states, weights
 
@@ -289,7 +308,12 @@ class MiniBertModel(MiniBertPreTrainedModel):
         self.embeddings.word_embeddings = value
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None,
-                output_attentions=None, output_hidden_states=None, return_dict=None, **kwargs):
+                output_attentions=None, output_hidden_states=None, return_dict=None, output_positions=None,
+                **kwargs):
+        """``output_positions`` (batch, seq) bool: the only positions whose output the caller reads. The last layer
+        then computes just those (every token still serves as a key and value; its attention weights cover those
+        queries alone, packed to the left of each row) and the last hidden state is zero elsewhere; pretraining
+        passes its MLM targets and [CLS]."""
         output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
@@ -305,8 +329,16 @@ class MiniBertModel(MiniBertPreTrainedModel):
             # Under torch.compile the batch stays padded: no decision on the host, no data-dependent shapes.
             unpadded = None if compiling else Unpadded.from_mask(attention_mask)
 
+        layout = unpadded  # where the rows of hidden_states sit in the (batch, seq) grid; None: they are the grid
+
         def padded(states):
-            return states if unpadded is None else unpadded.pad(states)
+            return states if layout is None else layout.pad(states)
+
+        keep = None  # the rows the last layer computes, and where they sit in the grid
+        if output_positions is not None:
+            wanted = output_positions.reshape(-1)
+            keep = (wanted if unpadded is None else wanted[unpadded.index]).nonzero().squeeze(1)
+            kept_layout = Unpadded(keep if unpadded is None else unpadded.index[keep], *input_ids.shape)
 
         hidden_states = self.embeddings(input_ids, token_type_ids, position_ids,
                                         None if unpadded is None else unpadded.index)
@@ -318,8 +350,12 @@ class MiniBertModel(MiniBertPreTrainedModel):
             rotary = rotary_tables(position_ids, head_dim, self.config.rope_theta)
         all_hidden_states = (padded(hidden_states),) if output_hidden_states else None
         all_attentions = () if output_attentions else None
-        for layer in self.layers:
-            hidden_states, weights = layer(hidden_states, mask, output_attentions, unpadded, rotary)
+        for i, layer in enumerate(self.layers):
+            last = i == len(self.layers) - 1
+            hidden_states, weights = layer(hidden_states, mask, output_attentions, unpadded, rotary,
+                                           keep if last else None)
+            if last and keep is not None:
+                layout = kept_layout
             if output_hidden_states:
                 all_hidden_states += (padded(hidden_states),)
             if output_attentions:
@@ -436,8 +472,18 @@ class MiniBertForPreTraining(MiniBertPreTrainedModel):
                 next_sentence_label=None, output_attentions=None, output_hidden_states=None, return_dict=None,
                 **kwargs):
         return_dict = self.config.return_dict if return_dict is None else return_dict
+        output_attentions = self.config.output_attentions if output_attentions is None else output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
+        # With a [CLS] NSP head the heads read only the MLM targets and [CLS], so the last layer computes only those
+        # (the segment-pair head reads every token; compiled graphs keep static shapes).
+        read = None
+        if (labels is not None and self.config.nsp_input == "cls" and not output_hidden_states
+                and not output_attentions and not torch.compiler.is_compiling()):
+            read = labels != -100
+            read[:, 0] = True
         encoded = self.minibert(input_ids, attention_mask, token_type_ids, position_ids,
-                                output_attentions, output_hidden_states, return_dict=True)
+                                output_attentions, output_hidden_states, return_dict=True, output_positions=read)
         sequence_output = encoded.last_hidden_state  # (batch, seq, hidden)
         seq_relationship_logits = next_sentence_logits(self.nsp_head, encoded, input_ids, token_type_ids,
                                                        attention_mask)  # (batch, 2)

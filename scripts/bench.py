@@ -626,7 +626,7 @@ def measure_training(args, ours, hf, batches, held_out, peak):
             "median_ms": round(statistics.median(times[which]) * 1000, 1),
             "min_ms": round(min(times[which]) * 1000, 1),
             "tokens_per_second": round(statistics.median(n / t for n, t in zip(tokens, times[which])), 1),
-            "gflop_per_step": round(statistics.fmean(flops[which]) / 1e9, 3),
+            "gflop_per_step": float(f"{statistics.fmean(flops[which]) / 1e9:.4g}"),
             "achieved_gflops": round(achieved, 1),
             "share_of_peak": round(achieved / peak["gflops_median"], 4),
             "train_loss_last": round(losses[which][-1], 4),

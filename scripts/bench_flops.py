@@ -44,17 +44,27 @@ def forward_flops(config, batch, ours: bool) -> int:
     """Matrix-product FLOPs of one forward pass on ``batch`` (a collated pretraining batch with ``labels``).
 
     Per layer and projected token: QKV 2*h*3h, attention output 2*h*h, feed-forward 2 * 2*h*ff. Attention itself
-    runs on the padded (batch, seq) grid in both models: scores and weighted values, 2 * 2*seq*seq*h per row.
-    The MLM head (dense h*h, then the vocabulary) runs on the targets in ours and on every position in HF's.
+    runs on the padded (batch, seq) grid in both models: scores and weighted values, 2 * 2*queries*seq*h per row.
+    The MLM head (dense h*h, then the vocabulary) runs on the targets in ours and on every position in HF's. With
+    the [CLS] NSP head our last layer computes only the targets and [CLS] (after QKV on every token): its queries,
+    packed to the longest row's count, its attention output and its feed-forward.
     """
     h, ff, vocab = config.hidden_size, config.intermediate_size, config.vocab_size
     rows, seq = batch["input_ids"].shape
     real_tokens = int(batch["attention_mask"].sum())
-    targets = int((batch["labels"] != -100).sum())
+    is_target = batch["labels"] != -100
+    targets = int(is_target.sum())
     projected = real_tokens if ours else rows * seq
     predicted = targets if ours else rows * seq
-    per_token_layer = 2 * h * 3 * h + 2 * h * h + 2 * 2 * h * ff
-    encoder = config.num_hidden_layers * (projected * per_token_layer + rows * 2 * 2 * seq * seq * h)
+    qkv, per_token = 2 * h * 3 * h, 2 * h * h + 2 * 2 * h * ff
+
+    def layer(tokens_in, tokens_out, queries_per_row):
+        return tokens_in * qkv + tokens_out * per_token + rows * 2 * 2 * queries_per_row * seq * h
+
+    encoder = config.num_hidden_layers * layer(projected, projected, seq)
+    if ours and config.nsp_input == "cls":  # the last layer on the targets and [CLS] alone
+        kept_per_row = (is_target[:, 1:].sum(1) + 1).max()
+        encoder += layer(projected, targets + rows, int(kept_per_row)) - layer(projected, projected, seq)
     mlm_head = predicted * (2 * h * h + 2 * h * vocab)
     if not ours:  # BERT's pooler (dense h*h on [CLS]) and the NSP classifier
         nsp_head = rows * (2 * h * h + 2 * h * 2)

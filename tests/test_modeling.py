@@ -156,6 +156,65 @@ def test_padding_does_not_change_real_positions(position_embedding_type, layer_n
                                atol=1e-4, rtol=0)
 
 
+@pytest.mark.parametrize("position_embedding_type, layer_norm_position, fields", VARIANTS)
+def test_last_layer_on_what_the_heads_read_gives_the_whole_computation(position_embedding_type, layer_norm_position,
+                                                                        fields):
+    """With labels and the [CLS] NSP head the last layer computes only the MLM targets and [CLS]: its feed-forward
+    sees those rows alone, and the losses, logits and every gradient are those of the whole encoder followed by the
+    heads on what they read (built here from the parts; the segment-pair head reads every token)."""
+    from minibert_hf.modeling_minibert import next_sentence_logits
+
+    model = tiny_model(position_embedding_type=position_embedding_type, layer_norm_position=layer_norm_position,
+                       **fields)
+    batch = make_batch()
+    targets = batch["labels"] != -100
+    rows_seen = []
+    hook = model.minibert.layers[-1].intermediate.register_forward_pre_hook(
+        lambda module, args: rows_seen.append(args[0].reshape(-1, args[0].shape[-1]).shape[0]))
+    out = model(**batch)
+    hook.remove()
+    cls_head = model.config.nsp_input == "cls"
+    assert rows_seen == [int(targets.sum()) + 4 if cls_head else int(batch["attention_mask"].sum())]
+    out.loss.backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+
+    inputs = (batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    encoded = model.minibert(*inputs)
+    logits = model.lm_head(encoded.last_hidden_state[targets])
+    nsp_logits = next_sentence_logits(model.nsp_head, encoded, batch["input_ids"], batch["token_type_ids"],
+                                      batch["attention_mask"])
+    loss = (F.cross_entropy(logits, batch["labels"][targets])
+            + F.cross_entropy(nsp_logits, batch["next_sentence_label"]))
+    loss.backward()
+    torch.testing.assert_close(out.prediction_logits, logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.seq_relationship_logits, nsp_logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(out.loss, loss, atol=1e-5, rtol=0)
+    assert grads.keys() == {name for name, p in model.named_parameters() if p.grad is not None}
+    for name, p in model.named_parameters():
+        if p.grad is not None:
+            torch.testing.assert_close(grads[name], p.grad, atol=1e-6, rtol=1e-4, msg=name)
+
+
+@pytest.mark.parametrize("padded", [True, False])
+def test_output_positions_computes_those_and_zeros_the_rest(padded):
+    model = tiny_model(MiniBertModel)
+    batch = make_batch()
+    mask = batch["attention_mask"] if padded else torch.ones_like(batch["attention_mask"])
+    wanted = torch.zeros_like(mask, dtype=torch.bool)
+    wanted[0, [0, 3, 9, 15]] = True
+    wanted[1, 2] = True  # row 2 wants nothing, row 3 its last real token
+    wanted[3, 6] = True
+    whole = model(batch["input_ids"], mask, batch["token_type_ids"]).last_hidden_state
+    some = model(batch["input_ids"], mask, batch["token_type_ids"], output_positions=wanted).last_hidden_state
+    assert some.shape == whole.shape
+    torch.testing.assert_close(some[wanted], whole[wanted], atol=1e-5, rtol=0)
+    assert not some[~wanted].any()
+    nothing = model(batch["input_ids"], mask, batch["token_type_ids"],
+                    output_positions=torch.zeros_like(wanted)).last_hidden_state
+    assert nothing.shape == whole.shape and not nothing.any()
+
+
 def test_rotary_positions_are_relative():
     """RoPE scores depend on offsets only: shifting every position changes nothing; a permutation does."""
     model = tiny_model(position_embedding_type="rotary", layer_norm_position="pre")
