@@ -2,21 +2,20 @@
 
 :class:`PairBuilder` follows BERT's ``create_instances_from_document``; :func:`mask_rows` is BERT's static masking,
 vectorised; :func:`process_window` runs both on a window of documents (in a worker process or inline) and returns
-its CSV text, encoded by :func:`~minibert_hf.pretraining_csv.encode_row`.
+its CSV text, encoded by :func:`~minibert_hf.pretraining_csv.encode_rows`.
 """
 
 from __future__ import annotations
 
-import csv
 import functools
-import io
+import gc
 import random
 from itertools import chain
 from typing import Sequence
 
 import numpy as np
 
-from .pretraining_csv import encode_row
+from .pretraining_csv import encode_rows
 from .tokenizer import CLS_ID, MASK_ID, NUM_SPECIAL, SEP_ID, SentenceEncoder
 
 
@@ -140,8 +139,10 @@ def mask_rows(rows: Sequence[list], vocab_size: int, mlm_probability: float, rng
     expected = per_row * mlm_probability
     wanted = np.floor(expected + rng.random(len(rows))).astype(np.int64)
     wanted = np.minimum(per_row, np.maximum(wanted, 1))
-    # pick `wanted[r]` candidates of row r uniformly: sort candidates by (row, random key), keep the first ones
-    order = np.lexsort((rng.random(len(positions)), row_of[positions]))
+    # pick `wanted[r]` candidates of row r uniformly: sort candidates by (row, random key), keep the first ones.
+    # Row + key in [0, 1) as one number sorts the same way (rounding keeps the order; ties are as likely as two
+    # keys of a row agreeing to 40 bits) and five times faster than np.lexsort on the two.
+    order = np.argsort(row_of[positions] + rng.random(len(positions)), kind="stable")
     sorted_positions = positions[order]
     sorted_rows = row_of[sorted_positions]
     row_start = np.concatenate(([0], np.cumsum(per_row)[:-1]))
@@ -178,7 +179,22 @@ def process_window(job) -> tuple[str, dict]:
     tokenizer serialised as JSON, "train"/"test", the window's number in its split, its documents, and documents
     of another window to draw NSP negatives from when this one has fewer than two. Runs in a worker process or
     inline; its random generators are seeded from (seed, split, window number) only, so the output does not depend
-    on how many processes run."""
+    on how many processes run.
+
+    Python's cycle collector is paused meanwhile: a window allocates hundreds of thousands of lists (ids, rows)
+    and no reference cycles, and the full collections that so many new objects set off cost up to half the time
+    of the window they fall in.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _process_window(job)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _process_window(job) -> tuple[str, dict]:
     from .corpus import split_sentences
 
     options, tokenizer_json, split, window_number, texts, spare = job
@@ -226,24 +242,21 @@ def process_window(job) -> tuple[str, dict]:
         counts["masking"] = {"targets": 0, "candidates": 0, "mask": 0, "random": 0, "keep": 0}
         return "", counts
     inputs, labels, counts["masking"] = mask_rows(rows, backend.get_vocab_size(), options.mlm_probability, np_rng)
-    inputs, labels = inputs.tolist(), labels.tolist()
 
-    buffer = io.StringIO()
-    writer = csv.writer(buffer)
-    offset = 0
+    texts = []
     text_limit = 50 * options.max_seq_length  # characters of Original Text per side
     for (len_a, len_b, random_next, a_span, b_ref) in meta:
-        end = offset + len_a + len_b + 3
         text_a = " ".join(pool_texts[a_span[0]][a_span[1] : a_span[2] + 1])
         text_b = " ".join(pool_texts[b_ref[0]][b_ref[1] : b_ref[2] + 1])
         if len(text_a) > text_limit:  # a runaway "sentence" (no punctuation for pages): keep the CSV readable
             text_a = text_a[:text_limit] + " ..."
         if len(text_b) > text_limit:
             text_b = text_b[:text_limit] + " ..."
-        writer.writerow(encode_row(f"{text_a} [SEP] {text_b}", inputs[offset:end], labels[offset:end],
-                                   [1] * (len_a + 2) + [2] * (len_b + 1), not random_next))
-        offset = end
-        counts["is_next"] += 0 if random_next else 1
+        texts.append(f"{text_a} [SEP] {text_b}")
+    sides = np.array([(len_a + 2, len_b + 1) for len_a, len_b, *_ in meta], dtype=np.int64)  # [CLS] A [SEP] | B [SEP]
+    segments = np.repeat(np.tile(np.array([1, 2], dtype=np.int64), len(meta)), sides.ravel())
+    is_next = [not random_next for _, _, random_next, _, _ in meta]
+    counts["is_next"] = sum(is_next)
     counts["pairs"] = len(rows)
-    counts["row_tokens"] = offset
-    return buffer.getvalue(), counts
+    counts["row_tokens"] = len(inputs)
+    return encode_rows(texts, inputs, labels, segments, sides.sum(axis=1), is_next), counts

@@ -9,7 +9,6 @@ by the options and a fingerprint of the preparation code, for training and the b
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import gc
 import hashlib
@@ -25,7 +24,7 @@ from typing import Callable, Iterator
 from .atomic import atomic_folder, remove, remove_stale_temporaries, replace, temporary_name, write_text
 from .errors import MiniBertInputError
 from .pairs import process_window
-from .pretraining_csv import CSV_COLUMNS
+from .pretraining_csv import CSV_COLUMNS, csv_line
 from .tokenizer import DEFAULT_VOCAB_SIZE, MIN_VOCAB_SIZE, check_special_ids, load_tokenizer, train_tokenizer
 
 
@@ -316,7 +315,7 @@ def _write_pairs(documents, tokenizer, folder, options: PreparationOptions, show
                 open(folder / "test.csv", "w", encoding="utf-8", newline="") as test_file:
             files = {"train": train_file, "test": test_file}
             for handle in files.values():
-                csv.writer(handle).writerow(CSV_COLUMNS)
+                handle.write(csv_line(CSV_COLUMNS))
 
             def collect(split, result):
                 text, window_counts = result

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
+import io
 import random
+from itertools import chain
 
 import pytest
 
 from minibert_hf.errors import MiniBertInputError
-from minibert_hf.pretraining_csv import encode_row, load_pretraining_csv, longest_row, write_pretraining_csv
+from minibert_hf.pretraining_csv import encode_rows, load_pretraining_csv, longest_row, write_pretraining_csv
 
 LAB_CSV = (
     "Original Text,BERT Input,BERT Label,Segment Label,Is Next\n"
@@ -59,15 +61,36 @@ def test_write_pretraining_csv_round_trip(tmp_path):
     assert load_pretraining_csv(tmp_path / "x.csv").to_list() == rows
 
 
-def test_encode_row_writes_every_id_as_python_prints_it():
-    """Ids are looked up in a table of texts; ids past it (a vocabulary over 65,536), numpy integers and iterators
-    must come out exactly as str() writes them."""
-    big = [1, 65535, 65536, 250_001, 2]
-    cells = encode_row("t", big, iter([0, 0, 70_000, 0, 0]), iter([1, 1, 2, 2, 2]), is_next=False)
-    assert cells == ("t", "[1, 65535, 65536, 250001, 2]", "[0, 0, 70000, 0, 0]", "1,1,2,2,2", 0)
+def _as_csv_writer_writes(texts, rows, labels, segments, is_next):
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    for text, ids, targets, segment, follows in zip(texts, rows, labels, segments, is_next):
+        writer.writerow([text, "[" + ", ".join(map(str, ids)) + "]", "[" + ", ".join(map(str, targets)) + "]",
+                         ",".join(map(str, segment)), int(follows)])
+    return buffer.getvalue()
+
+
+def test_encode_rows_writes_what_csv_writer_writes():
+    """Many rows at once, byte for byte as ``csv.writer`` writes their cells: ids past the lookup table (a
+    vocabulary over 65,536) or below it exactly as str() prints them, iterators and numpy arrays, a row of one id
+    and a row of none, and texts that need quoting."""
+    texts = ["t", 'she said "hi", then left', "plain", "", "two\nlines"]
+    rows = [[1, 65535, 65536, 250_001, 2], [1, 7, 2], [5], [], [1, 2]]
+    labels = [[0, 0, 70_000, 0, 0], [0, 7, 0], [0], [], [0, 0]]
+    segments = [[1, 1, 2, 2, 2], [1, 1, 2], [1], [], [1, 2]]
+    is_next = [False, True, True, False, True]
+    lengths = [len(row) for row in rows]
+    expected = _as_csv_writer_writes(texts, rows, labels, segments, is_next)
+    assert encode_rows(texts, iter(list(chain(*rows))), list(chain(*labels)), list(chain(*segments)), lengths,
+                       is_next) == expected
     numpy = pytest.importorskip("numpy")
-    ids = numpy.array([1, 7, 3, 2], dtype=numpy.int64)
-    assert encode_row("t", ids, list(ids), ids[:2] - 0, True) == ("t", "[1, 7, 3, 2]", "[1, 7, 3, 2]", "1,7", 1)
+    small = [[1, 9, 2, 8190, 2], [1, 3, 2]]  # inside the table: the looked-up path
+    small_labels = [[0, 5, 0, 0, 0], [0, -100, 0]]  # below it
+    small_segments = [[1, 1, 1, 2, 2], [1, 1, 2]]
+    got = encode_rows(["a", "b"], numpy.array(list(chain(*small)), dtype=numpy.int64),
+                      numpy.array(list(chain(*small_labels)), dtype=numpy.int32),
+                      numpy.array(list(chain(*small_segments))), numpy.array([5, 3]), [True, False])
+    assert got == _as_csv_writer_writes(["a", "b"], small, small_labels, small_segments, [True, False])
 
 
 HEADER = "Original Text,BERT Input,BERT Label,Segment Label,Is Next"

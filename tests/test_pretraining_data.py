@@ -132,6 +132,8 @@ def test_nsp_balance_and_negatives_never_the_true_next(prepared):
     _, stats, rows = prepared
     is_next = [row["is_next"] for row in rows]
     assert abs(sum(is_next) / len(is_next) - 0.5) <= 0.05
+    assert stats["nsp_is_next_fraction"] == pytest.approx(sum(is_next) / len(is_next), abs=1e-5)
+    assert stats["mean_row_length"] == pytest.approx(sum(len(row["input"]) for row in rows) / len(rows), abs=0.01)
     negatives = positives = 0
     for row in rows:
         text_a, text_b = row["text"].split(" [SEP] ")
