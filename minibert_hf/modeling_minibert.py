@@ -177,13 +177,12 @@ class MiniBertSelfAttention(nn.Module):
         if unpadded is not None:
             qkv = unpadded.pad(qkv)
         batch, seq, hidden = qkv.shape[0], qkv.shape[1], hidden_states.shape[-1]
-        qkv = qkv.view(batch, seq, 3, self.num_heads, self.head_dim)
+        query, key, value = qkv.view(batch, seq, 3, self.num_heads, self.head_dim).unbind(2)  # (batch, seq, heads, dim)
         if rotary is not None:
-            qk = rotate(qkv[:, :, :2], *rotary)  # (batch, seq, 2, heads, head_dim)
-            query, key = qk.permute(2, 0, 3, 1, 4)  # each (batch, heads, seq, head_dim)
-            value = qkv[:, :, 2].transpose(1, 2)
-        else:
-            query, key, value = qkv.permute(2, 0, 3, 1, 4)  # each (batch, heads, seq, head_dim)
+            query, key = rotate(torch.stack((query, key), 2), *rotary).unbind(2)
+        # Each (batch, heads, seq, head_dim); transposed last, their gradients are stacked back into qkv's layout
+        # in one copy (a permute of qkv would need a second one).
+        query, key, value = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
         if keep is not None:  # the kept queries, packed to the left of each row: (batch, heads, most kept, head_dim)
             where = keep if unpadded is None else unpadded.index[keep]  # flat positions row * seq + column
             rows, columns = where // seq, where % seq
