@@ -47,20 +47,23 @@ def sinusoidal_positions(position_ids, dim):
 
 
 def rotary_tables(position_ids, head_dim, theta):
-    """cos and sin of RoPE's angles, each (batch or 1, seq, 1, 1, head_dim / 2) for position_ids (batch or 1, seq).
+    """cos and sin of RoPE's angles, each (batch or 1, seq, 1, 1, head_dim) for position_ids (batch or 1, seq).
 
-    Feature pair (i, i + head_dim / 2) turns by position * theta ** (-2i / head_dim). Computed once per forward and
-    shared by all layers; the trailing singleton axes broadcast over (query|key, heads) in `rotate`.
+    Feature pair (i, i + head_dim / 2) turns by position * theta ** (-2i / head_dim); each table holds the pair's
+    angle at both features, the sine negated at the first, so `rotate` is two products and a sum. Computed once per
+    forward and shared by all layers; the singleton axes broadcast over (query|key, heads).
     """
     frequencies = theta ** (-torch.arange(0, head_dim, 2, device=position_ids.device).float() / head_dim)
     angles = position_ids.float()[..., None, None, None] * frequencies  # (batch or 1, seq, 1, 1, head_dim / 2)
-    return angles.cos(), angles.sin()
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat((cos, cos), dim=-1), torch.cat((-sin, sin), dim=-1)
 
 
 def rotate(x, cos, sin):
-    """Apply RoPE to x (batch, seq, ..., head_dim): rotate each feature pair (i, i + head_dim / 2) by its angle."""
+    """Apply RoPE to x (batch, seq, ..., head_dim) with the tables of `rotary_tables`: each feature pair
+    (x_i, x_j), j = i + head_dim / 2, becomes (x_i cos - x_j sin, x_j cos + x_i sin)."""
     x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    return x * cos + torch.cat((x2, x1), dim=-1) * sin
 
 
 def dropout(x, p, training):

@@ -215,6 +215,20 @@ def test_output_positions_computes_those_and_zeros_the_rest(padded):
     assert nothing.shape == whole.shape and not nothing.any()
 
 
+def test_rotate_turns_each_feature_pair_by_its_angle():
+    """`rotate` is RoPE: at position p, feature pair (i, i + d/2), read as the complex number x_i + j x_(i+d/2), is
+    multiplied by exp(j p theta^(-2i/d)), the same for queries and keys and for every head."""
+    from minibert_hf.modeling_minibert import rotary_tables, rotate
+
+    head_dim, theta, half = 8, 100.0, 4
+    positions = torch.tensor([[0, 1, 2, 7, 30]])
+    x = torch.randn(1, 5, 2, 3, head_dim)  # (batch, seq, query|key, heads, head_dim)
+    got = rotate(x, *rotary_tables(positions, head_dim, theta))
+    angles = positions[0, :, None, None, None].float() * theta ** (-2 * torch.arange(half).float() / head_dim)
+    turned = torch.complex(x[..., :half], x[..., half:]) * torch.polar(torch.ones_like(angles), angles)
+    torch.testing.assert_close(got, torch.cat((turned.real, turned.imag), dim=-1))
+
+
 def test_rotary_positions_are_relative():
     """RoPE scores depend on offsets only: shifting every position changes nothing; a permutation does."""
     model = tiny_model(position_embedding_type="rotary", layer_norm_position="pre")
