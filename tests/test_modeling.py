@@ -215,6 +215,24 @@ def test_output_positions_computes_those_and_zeros_the_rest(padded):
     assert nothing.shape == whole.shape and not nothing.any()
 
 
+def test_summed_cross_entropy_is_torchs_with_its_gradient():
+    """The MLM loss's cross-entropy gives torch's summed loss and gradient, for repeated targets and none; its
+    backward reuses the saved log-probabilities in place, so a second backward through the graph raises."""
+    from minibert_hf.modeling_minibert import SummedCrossEntropy
+
+    for targets in (torch.tensor([3, 0, 3, 9, 1]), torch.tensor([], dtype=torch.long)):
+        logits = (torch.randn(len(targets), 10) * 4).requires_grad_()
+        expected = F.cross_entropy(logits, targets, reduction="sum")
+        (expected_grad,) = torch.autograd.grad(expected * 0.7, logits)
+        loss = SummedCrossEntropy.apply(logits, targets)
+        (loss * 0.7).backward(retain_graph=True)
+        torch.testing.assert_close(loss, expected)
+        torch.testing.assert_close(logits.grad, expected_grad)
+        if len(targets):
+            with pytest.raises(RuntimeError):
+                loss.backward()
+
+
 def test_rotate_turns_each_feature_pair_by_its_angle():
     """`rotate` is RoPE: at position p, feature pair (i, i + d/2), read as the complex number x_i + j x_(i+d/2), is
     multiplied by exp(j p theta^(-2i/d)), the same for queries and keys and for every head."""
