@@ -143,11 +143,11 @@ class SentenceEncoder:
 
     For a tokenizer like the one `train_tokenizer` makes (BERT's lowercasing normaliser and pre-tokeniser, then
     WordPiece), a text of printable ASCII is split into words by one regular expression and each word's pieces
-    come from a cache (a word's pieces do not depend on its neighbours): on one core two to three times the
-    library's rate on the default corpus, more once the cache is warm. Other texts (any other character, or an
-    added token's text such as ``[SEP]``), and every text of any other tokenizer, go through the library. The
-    cache holds at most ``max_cached_words`` words (it starts afresh when full), so memory stays flat in the
-    corpus size.
+    come from a cache (a word's pieces do not depend on its neighbours; the words a batch adds are encoded
+    together, as one text): on one core two to three times the library's rate on the default corpus, more once
+    the cache is warm. Other texts (any other character, or an added token's text such as ``[SEP]``), and every
+    text of any other tokenizer, go through the library. The cache holds at most ``max_cached_words`` words (it
+    starts afresh when full), so memory stays flat in the corpus size.
     """
 
     def __init__(self, backend, max_cached_words: int = 100_000):
