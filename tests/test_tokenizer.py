@@ -122,6 +122,22 @@ def test_training_twice_on_the_same_text_gives_the_same_ids():
     assert vocabularies[0] == vocabularies[1] == vocabularies[2]
 
 
+def test_train_tokenizer_learns_the_vocabulary_of_the_library_trainer_on_the_texts_one_by_one():
+    """train_tokenizer feeds the trainer fifty texts joined as one (faster); the words it counts, and so the
+    tokens it learns, are those of the texts given one by one, words at the ends of texts included."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+
+    lines = [line for line in FIXTURES.joinpath("corpus.txt").read_text(encoding="utf-8").splitlines() if line]
+    lines += ["end" + str(i) for i in range(60)] + ["start" + str(i) + " x" for i in range(60)]  # texts' edges
+    backend = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##"))
+    backend.normalizer = normalizers.BertNormalizer(lowercase=True)
+    backend.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    trainer = trainers.WordPieceTrainer(vocab_size=100, min_frequency=2, special_tokens=list(SPECIAL_TOKENS),
+                                        continuing_subword_prefix="##", show_progress=False)
+    backend.train_from_iterator(lines, trainer=trainer)
+    assert set(train_tokenizer(lines, vocab_size=100).get_vocab()) == set(backend.get_vocab())
+
+
 def test_the_vocabulary_is_numbered_specials_then_words_then_pieces_and_numbering_changes_no_split(tokenizer):
     from tokenizers import models
 
