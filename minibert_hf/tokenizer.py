@@ -159,7 +159,8 @@ class SentenceEncoder:
         self.fast = (normalizer.get("type") == "BertNormalizer" and normalizer.get("lowercase") is True
                      and normalizer.get("clean_text") is True and pre_tokenizer.get("type") == "BertPreTokenizer"
                      and config["model"]["type"] == "WordPiece" and config.get("truncation") is None
-                     and config.get("padding") is None)
+                     and config.get("padding") is None  # either would cut or pad the words' joined encoding
+                     and not any(re.search(r"\s", token["content"]) for token in config.get("added_tokens", [])))
         added = [re.escape(token["content"]) for token in config.get("added_tokens", [])]
         self.added = re.compile("|".join(added), re.IGNORECASE) if added else None  # matched raw or normalised
         self.max_cached_words = max_cached_words

@@ -203,8 +203,9 @@ def test_sentence_encoder_leaves_other_tokenizers_to_the_library():
 
 def test_sentence_encoder_leaves_a_truncating_tokenizer_to_the_library(tokenizer):
     """With truncation (or padding) switched on, the library cuts each text; the encoder's one joined encoding of
-    many words would be cut instead, so such a tokenizer is left to the library."""
-    from tokenizers import Tokenizer
+    many words would be cut instead, so such a tokenizer is left to the library; so is one with an added token of
+    several words, which two words joined by a space could spell."""
+    from tokenizers import AddedToken, Tokenizer
 
     backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
     backend.enable_truncation(3)
@@ -213,3 +214,6 @@ def test_sentence_encoder_leaves_a_truncating_tokenizer_to_the_library(tokenizer
     texts = ["the cat sat on the warm mat", "hello world, hello again"]
     expected = [encoding.ids for encoding in backend.encode_batch_fast(texts, add_special_tokens=False)]
     assert encoder(texts) == expected and all(len(ids) == 3 for ids in expected)
+    phrase = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    phrase.add_tokens([AddedToken("cat sat", normalized=True)])
+    assert not SentenceEncoder(phrase).fast
