@@ -93,11 +93,14 @@ def encode_rows(texts: Sequence[str], input_ids, labels, segments, lengths, is_n
                    in zip(texts, inputs, targets, _joined_rows(segments, lengths, ","), is_next))
 
 
-def write_pretraining_csv(path, rows: Iterable[dict], chunk: int = 1000) -> None:
+def write_pretraining_csv(path, rows: Iterable[dict]) -> None:
     """Write rows in HF conventions (``input_ids, token_type_ids, labels, next_sentence_label``) as a seed-format CSV
     (the inverse of :func:`load_pretraining_csv`; handy for tests and for sharing data with the course lab)."""
 
     def write(handle, batch):
+        for row in batch:
+            if not len(row["input_ids"]) == len(row["token_type_ids"]) == len(row["labels"]):
+                raise MiniBertInputError("a row's input_ids, token_type_ids and labels differ in length", file=path)
         handle.write(encode_rows(
             [""] * len(batch), list(chain.from_iterable(row["input_ids"] for row in batch)),
             [PAD_ID if x == -100 else int(x) for row in batch for x in row["labels"]],
@@ -109,7 +112,7 @@ def write_pretraining_csv(path, rows: Iterable[dict], chunk: int = 1000) -> None
         batch = []
         for row in rows:
             batch.append(row)
-            if len(batch) == chunk:
+            if len(batch) == 1000:
                 write(handle, batch)
                 batch = []
         write(handle, batch)

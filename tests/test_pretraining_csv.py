@@ -61,6 +61,15 @@ def test_write_pretraining_csv_round_trip(tmp_path):
     assert load_pretraining_csv(tmp_path / "x.csv").to_list() == rows
 
 
+def test_write_pretraining_csv_refuses_a_row_of_unequal_lengths_and_writes_nothing(tmp_path):
+    good = {"input_ids": [1, 7, 2, 9, 2], "token_type_ids": [0, 0, 0, 1, 1], "labels": [-100] * 5,
+            "next_sentence_label": 0}
+    bad = dict(good, labels=[-100] * 4)
+    with pytest.raises(MiniBertInputError, match="differ in length"):
+        write_pretraining_csv(tmp_path / "x.csv", [good, bad])
+    assert list(tmp_path.iterdir()) == []
+
+
 def _as_csv_writer_writes(texts, rows, labels, segments, is_next):
     buffer = io.StringIO()
     writer = csv.writer(buffer)
