@@ -13,6 +13,7 @@ hidden name behind, which no reader takes for the real thing; the next write of 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -79,6 +80,11 @@ def write_text(path, text: str) -> Path:
     with atomic_path(path, unique=True) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+def write_json(path, value) -> Path:
+    """Write ``value`` as an indented JSON file (a final newline), atomically."""
+    return write_text(path, json.dumps(value, indent=2) + "\n")
 
 
 def write_bytes(path, data: bytes) -> Path:

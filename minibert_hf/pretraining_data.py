@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 import gc
 import hashlib
-import json
 import math
 import os
 import random
@@ -21,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from .atomic import atomic_folder, remove, remove_stale_temporaries, replace, temporary_name, write_text
+from .atomic import atomic_folder, remove, remove_stale_temporaries, replace, temporary_name, write_json
 from .errors import MiniBertInputError
 from .pairs import process_window
 from .pretraining_csv import CSV_COLUMNS, csv_line
@@ -160,7 +159,7 @@ def prepare_pretraining_data(output_dir, options: PreparationOptions | None = No
         stats = _stats(info, counts, options, len(tokenizer), tokenizer_trained,
                        dict(tokenizer=tokenizer_seconds, pairs=pairs_seconds, total=total_seconds, cpu=cpu_seconds))
         stats["tokenizer_sample_fraction"] = None if sample_fraction is None else round(sample_fraction, 6)
-        write_text(tmp / "stats.json", json.dumps(stats, indent=2) + "\n")
+        write_json(tmp / "stats.json", stats)
 
         # 3. move into place: the CSVs last, so train.csv exists only when everything else does
         for name in ("tokenizer", "stats.json", "test.csv", "train.csv"):

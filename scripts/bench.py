@@ -733,7 +733,7 @@ def main(argv=None):
 
     from bench_report import write_reports
 
-    from minibert_hf.atomic import write_text
+    from minibert_hf.atomic import write_json
     from minibert_hf.collator import DynamicMasker, collate_batch
     from minibert_hf.pretraining_csv import load_pretraining_csv
     from minibert_hf.training import COMPILE_LENGTH_STEP, compile_model
@@ -857,7 +857,7 @@ def main(argv=None):
         except ValueError:
             results = {"runs": {}}
     results["runs"][run_name(args)] = run
-    write_text(results_path, json.dumps(results, indent=2) + "\n")
+    write_json(results_path, results)
     write_reports(results, output_dir)
     print(f"[bench] wrote {results_path}, results.md, results.png", flush=True)
     return 0

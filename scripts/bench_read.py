@@ -12,7 +12,6 @@ later reads of the same file reuse that), removed afterwards with the grown CSV.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -136,14 +135,14 @@ def main(argv=None) -> int:
         result = measure(csv_path, args.size_mb, args.batch_size, args.serve_batches, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    from minibert_hf.atomic import write_text
+    from minibert_hf.atomic import write_json, write_text
 
     shown = [f"--csv {result['csv']}"] if args.csv else []  # no folder of this machine in the results
     shown += [f"--size-mb {args.size_mb:g}", f"--batch-size {args.batch_size}", f"--serve-batches {args.serve_batches}"]
     report = markdown(result, "python scripts/bench_read.py " + " ".join(shown))
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "read.json", json.dumps(result, indent=2) + "\n")
+    write_json(out / "read.json", result)
     write_text(out / "read.md", report)
     print(report)
     return 0

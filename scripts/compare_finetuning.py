@@ -131,7 +131,7 @@ def main(argv=None) -> int:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from minibert_hf.atomic import write_text
+    from minibert_hf.atomic import write_json, write_text
     from minibert_hf.errors import MiniBertInputError
     from minibert_hf.finetuning import check_options, finetune
     from minibert_hf.finetuning_data import load_task_data
@@ -172,7 +172,7 @@ def main(argv=None) -> int:
     if args.markdown:
         write_text(args.markdown, table)
     if args.results_json:
-        write_text(args.results_json, json.dumps(runs, indent=2) + "\n")
+        write_json(args.results_json, runs)
     return 0
 
 

@@ -18,7 +18,6 @@ Exit codes: 0 done, 2 bad input (model folder, data file, options), 1 the Hub co
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -115,9 +114,9 @@ def main(argv=None) -> int:
 
     summary = result.to_dict()
     if args.results_json:
-        from minibert_hf.atomic import write_text
+        from minibert_hf.atomic import write_json
 
-        write_text(args.results_json, json.dumps(summary, indent=2) + "\n")
+        write_json(args.results_json, summary)
     kind = "from scratch (random init)" if args.from_scratch else "pretrained"
     scores = (f"entity precision {result.precision:.4f}  recall {result.recall:.4f}  F1 {result.f1:.4f}  "
               f"(tag accuracy {result.accuracy:.4f}" if tagging else

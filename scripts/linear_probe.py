@@ -14,7 +14,6 @@ fine-tuning run. Exit codes: 0 done, 2 bad input.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -74,9 +73,9 @@ def main(argv=None) -> int:
     for kind, shown in (("pretrained", "pretrained"), ("from_scratch", "from random weights")):
         print(f"linear probe (C {args.C:g}), {shown}: {seeds_summary([r[kind]['accuracy'] for r in results])}")
     if args.results_json:
-        from minibert_hf.atomic import write_text
+        from minibert_hf.atomic import write_json
 
-        write_text(args.results_json, json.dumps(results, indent=2) + "\n")
+        write_json(args.results_json, results)
     return 0
 
 

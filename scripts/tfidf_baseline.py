@@ -12,7 +12,6 @@ LogisticRegression defaults, written in torch: minibert_hf/baselines.py). Exit c
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
@@ -57,9 +56,9 @@ def main(argv=None) -> int:
               f"train, {result.num_test} held-out, {result.num_features} {results[-1]['features']})", flush=True)
     print(f"TF-IDF + logistic regression (C {args.C:g}): {seeds_summary([r['accuracy'] for r in results])}")
     if args.results_json:
-        from minibert_hf.atomic import write_text
+        from minibert_hf.atomic import write_json
 
-        write_text(args.results_json, json.dumps(results, indent=2) + "\n")
+        write_json(args.results_json, results)
     return 0
 
 
