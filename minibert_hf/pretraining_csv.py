@@ -47,13 +47,12 @@ _ID_TEXT = [str(i) for i in range(1 << 16)]
 _ID_WIDTH = np.array([len(text) for text in _ID_TEXT], dtype=np.int64)
 
 
-def _joined_rows(values, lengths, separator: str) -> list[str]:
-    """Many rows of integers joined with ``separator``, a string per row, from the rows' values concatenated
-    (``lengths[r]`` values in row r): one join over all of them, then a slice per row, several times faster than a
-    join per row (most of a row's cost when writing CSVs). Values past the table (or negative) are formatted with
-    ``str``, as the table would."""
+def _joined_rows(values, first, separator: str) -> list[str]:
+    """Many rows of integers joined with ``separator``, a string per row, from the rows' values concatenated (row r
+    holds values ``first[r]`` to ``first[r + 1]``): one join over all of them, then a slice per row, several times
+    faster than a join per row (most of a row's cost when writing CSVs). Values past the table (or negative) are
+    formatted with ``str``, as the table would."""
     values = values if isinstance(values, np.ndarray) else np.fromiter(values, dtype=np.int64)
-    lengths = np.asarray(lengths, dtype=np.int64)
     if values.size and (values.min() < 0 or values.max() >= len(_ID_TEXT)):
         texts = [str(value) for value in values.tolist()]
         widths = np.array([len(text) for text in texts], dtype=np.int64)
@@ -63,7 +62,6 @@ def _joined_rows(values, lengths, separator: str) -> list[str]:
     joined = separator.join(texts)
     # character offsets: value k starts at starts[k]; a row of n values ends len(separator) before the next one
     starts = np.concatenate(([0], np.cumsum(widths + len(separator))))
-    first = np.concatenate(([0], np.cumsum(lengths)))
     begin, stop = starts[first[:-1]].tolist(), (starts[first[1:]] - len(separator)).tolist()
     return [joined[b:e] if e > b else "" for b, e in zip(begin, stop)]
 
@@ -87,10 +85,11 @@ def encode_rows(texts: Sequence[str], input_ids, labels, segments, lengths, is_n
     """The CSV lines of many rows, from values already in the seed's conventions (labels 0 at non-targets,
     segments 1 = A, 2 = B, ``is_next`` true when B follows A): ``input_ids``, ``labels`` and ``segments`` are the
     rows' values concatenated, ``lengths[r]`` of them in row r."""
-    inputs, targets = _joined_rows(input_ids, lengths, ", "), _joined_rows(labels, lengths, ", ")
+    first = np.concatenate(([0], np.cumsum(np.asarray(lengths, dtype=np.int64))))  # where each row starts
+    inputs, targets = _joined_rows(input_ids, first, ", "), _joined_rows(labels, first, ", ")
     return "".join(csv_line((text, f"[{ids}]", f"[{labelled}]", segment_text, 1 if follows else 0))
                    for text, ids, labelled, segment_text, follows
-                   in zip(texts, inputs, targets, _joined_rows(segments, lengths, ","), is_next))
+                   in zip(texts, inputs, targets, _joined_rows(segments, first, ","), is_next))
 
 
 def write_pretraining_csv(path, rows: Iterable[dict]) -> None:

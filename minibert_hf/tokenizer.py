@@ -156,13 +156,13 @@ class SentenceEncoder:
         self.backend = backend
         config = json.loads(backend.to_str())
         normalizer, pre_tokenizer = config.get("normalizer") or {}, config.get("pre_tokenizer") or {}
+        added = [token["content"] for token in config.get("added_tokens", [])]
         self.fast = (normalizer.get("type") == "BertNormalizer" and normalizer.get("lowercase") is True
                      and normalizer.get("clean_text") is True and pre_tokenizer.get("type") == "BertPreTokenizer"
                      and config["model"]["type"] == "WordPiece" and config.get("truncation") is None
                      and config.get("padding") is None  # either would cut or pad the words' joined encoding
-                     and not any(re.search(r"\s", token["content"]) for token in config.get("added_tokens", [])))
-        added = [re.escape(token["content"]) for token in config.get("added_tokens", [])]
-        self.added = re.compile("|".join(added), re.IGNORECASE) if added else None  # matched raw or normalised
+                     and not any(re.search(r"\s", content) for content in added))
+        self.added = re.compile("|".join(map(re.escape, added)), re.IGNORECASE) if added else None  # raw or normalised
         self.max_cached_words = max_cached_words
         self.cache: dict[str, list[int]] = {}
 
