@@ -141,3 +141,8 @@ def test_continuation_ids_are_the_tokenizers_word_pieces():
     word = max((t for t in vocab if not t.startswith("##") and t.isalpha()), key=len)
     encoded = tokenizer(word + "qzx", add_special_tokens=False)["input_ids"]
     assert len(encoded) > 1 and encoded[0] not in ids and all(i in ids for i in encoded[1:])
+
+
+def test_pad_to_multiple_of_keeps_a_width_that_already_is_one():
+    assert collate_batch(EXAMPLES, pad_to_multiple_of=3)["input_ids"].shape == (2, 6)
+    assert collate_batch(EXAMPLES, pad_to_multiple_of=4)["input_ids"].shape == (2, 8)

@@ -41,6 +41,7 @@ SPLITS = [
     # a number with a decimal point ends its sentence; "No." is an abbreviation before a number only ("pp." always)
     ("It reached version 2.0. Next came 3.1.", ["It reached version 2.0.", "Next came 3.1."]),
     ("He said no. Then he left.", ["He said no.", "Then he left."]),
+    ("She woke up. It was late.", ["She woke up.", "It was late."]),  # a two-letter word is not an initial
     ("It was No. 5 on the list. See pp. 12 and fig. 3 there.", ["It was No. 5 on the list.",
                                                                "See pp. 12 and fig. 3 there."]),
 ]
@@ -126,6 +127,12 @@ def test_csv_and_jsonl_columns(tmp_path):
     jsonl.write_text('{"body": "A doc."}\nnot json\n', encoding="utf-8")
     with pytest.raises(MiniBertInputError, match="line 2: not valid JSON"):
         list(read_table_column(jsonl, "body"))
+
+
+def test_blank_lines_between_csv_rows_are_skipped(tmp_path):
+    path = tmp_path / "docs.csv"
+    path.write_text("id,text\n1,A doc.\n\n2,B doc.\n\n", encoding="utf-8")
+    assert list(read_table_column(path, "text")) == [["A doc."], ["B doc."]]
 
 
 def test_local_datasets_folder(tmp_path):

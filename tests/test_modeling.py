@@ -247,6 +247,21 @@ def test_rotate_turns_each_feature_pair_by_its_angle():
     torch.testing.assert_close(got, torch.cat((turned.real, turned.imag), dim=-1))
 
 
+def test_sinusoidal_positions_are_the_transformers_sines_and_cosines():
+    """Feature 2i of position p is sin(p / 10000^(2i/d)) and feature 2i + 1 its cosine ("Attention Is All You
+    Need", the course lab's encoding), so position 0 reads 0, 1, 0, 1, ..."""
+    from minibert_hf.modeling_minibert import sinusoidal_positions
+
+    dim, positions = 8, torch.tensor([[0, 1, 5, 100]])
+    got = sinusoidal_positions(positions, dim)
+    assert got.shape == (1, 4, dim)
+    for column, p in enumerate(positions[0].tolist()):
+        for i in range(dim // 2):
+            angle = torch.tensor(p / 10000 ** (2 * i / dim))
+            torch.testing.assert_close(got[0, column, 2 * i], angle.sin(), atol=1e-5, rtol=0)
+            torch.testing.assert_close(got[0, column, 2 * i + 1], angle.cos(), atol=1e-5, rtol=0)
+
+
 def test_rotary_positions_are_relative():
     """RoPE scores depend on offsets only: shifting every position changes nothing; a permutation does."""
     model = tiny_model(position_embedding_type="rotary", layer_norm_position="pre")
@@ -382,6 +397,39 @@ def test_pre_layer_norm_blocks_match_the_formula():
     torch.testing.assert_close(out.hidden_states[-1], out.last_hidden_state)
 
 
+def test_pooler_is_berts_dense_and_tanh_on_cls():
+    """With use_pooler the [CLS] vector goes through BERT's pooler: transformers' BertPooler with the same weights
+    gives the same pooled vector."""
+    from transformers import BertConfig
+    from transformers.models.bert.modeling_bert import BertPooler
+
+    model = tiny_model(MiniBertModel, use_pooler=True)
+    bert_pooler = BertPooler(BertConfig(hidden_size=model.config.hidden_size))
+    bert_pooler.load_state_dict(model.pooler.state_dict())
+    batch = make_batch()
+    out = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    torch.testing.assert_close(out.pooler_output, bert_pooler(out.last_hidden_state))
+    plain = tiny_model(MiniBertModel)  # without a pooler: the [CLS] vector itself
+    out = plain(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+    torch.testing.assert_close(out.pooler_output, out.last_hidden_state[:, 0])
+
+
+def test_segment_pair_head_compares_the_two_sentences_means():
+    """The "segments" NSP head: a = mean of sentence A's real tokens ([CLS] and its [SEP] included), b = mean of
+    B's, logits = classifier(tanh(dense([a * b, |a - b|]))); swapping a and b changes nothing."""
+    model = tiny_model(nsp_input="segments", position_embedding_type="rotary", layer_norm_position="pre")
+    batch = make_batch()
+    out = model(**batch, output_hidden_states=True)
+    hidden, head = out.hidden_states[-1], model.nsp_head
+    for row in range(hidden.shape[0]):
+        real = batch["attention_mask"][row].bool()
+        in_b = batch["token_type_ids"][row].bool() & real
+        a, b = hidden[row][real & ~in_b].mean(0), hidden[row][in_b].mean(0)
+        for first, second in ((a, b), (b, a)):
+            expected = head.classifier(torch.tanh(head.dense(torch.cat((first * second, (first - second).abs())))))
+            torch.testing.assert_close(out.seq_relationship_logits[row], expected, atol=1e-5, rtol=0)
+
+
 def test_token_embedding_is_added_once():
     model = tiny_model(MiniBertModel)
     emb = model.embeddings
@@ -395,6 +443,7 @@ def test_too_long_input_is_a_clear_error():
     model = tiny_model()
     with pytest.raises(ValueError, match="exceeds max_position_embeddings"):
         model(torch.ones(1, 129, dtype=torch.long))
+    assert model(torch.ones(1, 128, dtype=torch.long)).prediction_logits.shape == (1, 128, VOCAB)  # the limit itself
 
 
 def test_tuple_outputs_and_kwargs():

@@ -207,3 +207,32 @@ def test_loading_a_csv_fills_the_test_sessions_cache_not_the_users(tmp_path):
     before = {p for p in home.rglob("*.arrow")}
     assert len(load_pretraining_csv(path)) == 1
     assert {p for p in home.rglob("*.arrow")} - before, "the Arrow copy went somewhere else"
+
+
+def test_csv_line_quotes_what_csv_writer_quotes():
+    """A lone carriage return, a line feed, a comma or a quote: quoted as csv.writer quotes it."""
+    from minibert_hf.pretraining_csv import csv_line
+
+    cells = ["plain", "one\rtwo", "a\nb", "x,y", 'say "hi"', "crlf\r\n", 7]
+    buffer = io.StringIO()
+    csv.writer(buffer).writerow(cells)
+    assert csv_line(cells) == buffer.getvalue()
+
+
+def test_write_pretraining_csv_round_trip_past_one_write_batch(tmp_path):
+    """Rows are written 1000 at a time: 2,500 rows come back once each, in order."""
+    rows = [{"input_ids": [1, 7 + n % 50, 2, 9, 2], "token_type_ids": [0, 0, 0, 1, 1],
+             "labels": [-100, 7 + n % 50, -100, -100, -100], "next_sentence_label": n % 2} for n in range(2500)]
+    write_pretraining_csv(tmp_path / "x.csv", rows)
+    assert load_pretraining_csv(tmp_path / "x.csv").to_list() == rows
+
+
+def test_bracketed_segment_labels_read_as_the_plain_ones(tmp_path):
+    """Segment Label cells written as a JSON-like list ("[1,1,2]") take the row-by-row reader; the rows come out
+    the same as from plain "1,1,2" cells (HF labels: -100 for not a target, 1 - Is Next)."""
+    plain, bracketed = tmp_path / "plain.csv", tmp_path / "bracketed.csv"
+    plain.write_text(LAB_CSV, encoding="utf-8")
+    bracketed.write_text(LAB_CSV.replace('"1,1,1,1,1,0,0,2,2,2,2,2,0,0"', '"[1,1,1,1,1,0,0,2,2,2,2,2,0,0]"')
+                         .replace('"1,1,1,1,2,2,2"', '"[1,1,1,1,2,2,2]"'), encoding="utf-8")
+    assert "[1,1,1,1,2,2,2]" in bracketed.read_text(encoding="utf-8")
+    assert load_pretraining_csv(bracketed).to_list() == load_pretraining_csv(plain).to_list()

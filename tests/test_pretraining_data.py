@@ -351,3 +351,147 @@ def test_leftovers_of_a_killed_run_are_cleaned(tmp_path, tokenizer):
                              show_progress=False, num_workers=0)
     assert not stale.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["stats.json", "test.csv", "tokenizer", "train.csv"]
+
+
+# ---------------------------------------------------------------------------------------------- pairs and masks
+
+
+def test_every_sentence_is_used_once_per_pass_as_a_or_its_true_next_b(prepared):
+    """The sentences a random B leaves unused go back for the next pair: each sentence of a training document is
+    in A or in a true-next B once per dupe-factor pass (3 here), each held-out one once."""
+    from collections import Counter
+
+    out, _, _ = prepared
+    seen = {}
+    for split in ("train", "test"):
+        uses = Counter()
+        for row in read_rows(out / f"{split}.csv"):
+            text_a, text_b = row["text"].split(" [SEP] ")
+            uses.update((int(d), int(s)) for d, s in MARKER.findall(text_a))
+            if row["is_next"]:
+                uses.update((int(d), int(s)) for d, s in MARKER.findall(text_b))
+        seen[split] = uses
+    test_docs = {d for d, _ in seen["test"]}
+    for d, document in enumerate(generated_documents()):
+        split, times = ("test", 1) if d in test_docs else ("train", 3)
+        sentences = [(int(a), int(b)) for a, b in MARKER.findall(" ".join(document))]
+        assert {s: seen[split][s] for s in sentences} == {s: times for s in sentences}, (split, d)
+
+
+def test_truncation_is_longest_first_from_either_end():
+    """A pair too long for the row loses tokens from its longer side only, from the front or the back at random."""
+    from minibert_hf.pairs import PairBuilder
+
+    short, long_next, other = [10, 11, 12], list(range(100, 140)), list(range(200, 240))
+    documents = [[short, long_next], [other]]
+    front_cuts = []
+    for seed in range(40):
+        builder = PairBuilder(16, random.Random(seed), short_seq_prob=0.0)  # 13 tokens for A and B
+        pairs = list(builder.pairs_from_document(0, documents, [0, 1]))
+        tokens_a, tokens_b = pairs[0][:2]
+        assert tokens_a == short, "the shorter side is kept whole"
+        assert len(tokens_b) == 13 - len(short) and tokens_b == list(range(tokens_b[0], tokens_b[0] + 10))
+        front_cuts.append(tokens_b[0] - (100 if tokens_b[0] < 200 else 200))  # of the 30 cuts, those at the front
+        for tokens_a, tokens_b, *_ in pairs[1:]:  # A of 40 tokens and B of 40: both cut to about half
+            assert len(tokens_a) + len(tokens_b) == 13 and abs(len(tokens_a) - len(tokens_b)) <= 1
+    assert 10 < sum(front_cuts) / len(front_cuts) < 20  # about half of them, on average
+
+
+def test_short_seq_prob_shortens_the_rows(tmp_path, tokenizer):
+    docs = generated_documents(60, seed=4)
+    kwargs = dict(documents=docs, tokenizer=tokenizer, max_seq_length=MAX_LEN, test_size=0.0, show_progress=False,
+                  num_workers=0)
+    full = prepare_pretraining_data(tmp_path / "full", short_seq_prob=0.0, **kwargs)
+    short = prepare_pretraining_data(tmp_path / "short", short_seq_prob=1.0, **kwargs)
+    assert short["mean_row_length"] < 0.8 * full["mean_row_length"]
+
+
+def test_the_seed_draws_the_pairings_not_only_the_masks(tmp_path, tokenizer):
+    docs = generated_documents(60, seed=4)
+    kwargs = dict(documents=docs, tokenizer=tokenizer, max_seq_length=MAX_LEN, test_size=0.0, show_progress=False,
+                  num_workers=0)
+    texts = {}
+    for seed in (1, 2):
+        prepare_pretraining_data(tmp_path / str(seed), seed=seed, **kwargs)
+        texts[seed] = [row["text"] for row in read_rows(tmp_path / str(seed) / "train.csv")]
+    assert texts[1] != texts[2]
+
+
+def test_nsp_negatives_come_from_the_same_window(tmp_path, tokenizer):
+    """Windows of `window` documents: a random B comes from another document of A's window, never a later one."""
+    prepare_pretraining_data(tmp_path, documents=generated_documents(40, seed=6), tokenizer=tokenizer,
+                             max_seq_length=MAX_LEN, test_size=0.0, window=4, show_progress=False, num_workers=0)
+    negatives = 0
+    for row in read_rows(tmp_path / "train.csv"):
+        if row["is_next"]:
+            continue
+        negatives += 1
+        text_a, text_b = row["text"].split(" [SEP] ")
+        doc_a = int(MARKER.search(text_a).group(1))
+        assert {int(d) // 4 for d, _ in MARKER.findall(text_b)} == {doc_a // 4}, row["text"]
+    assert negatives > 20
+
+
+def test_stats_mask_random_keep_fractions_match_the_rows(prepared):
+    """[MASK] targets are counted exactly; a random replacement that drew its own token looks kept in the rows."""
+    _, stats, rows = prepared
+    targets = masked = kept = randomised = 0
+    for row in rows:
+        for inp, label in zip(row["input"], row["label"]):
+            if label != PAD_ID:
+                targets += 1
+                masked += inp == MASK_ID
+                kept += inp == label
+                randomised += inp not in (MASK_ID, label)
+    assert stats["mask_fraction"] + stats["random_fraction"] + stats["keep_fraction"] == pytest.approx(1, abs=1e-4)
+    assert stats["mask_fraction"] * targets == pytest.approx(masked, abs=0.5)
+    drew_own_token = stats["random_fraction"] * targets - randomised
+    assert -0.5 <= drew_own_token <= 0.03 * randomised
+    assert stats["keep_fraction"] * targets == pytest.approx(kept - drew_own_token, abs=0.5)
+
+
+def test_mask_rows_gives_every_row_a_target_and_rounds_the_rate_stochastically():
+    """15% of 10 candidates is 1.5 targets a row on average (1 or 2, not always 1); a row of 2 candidates still
+    gets its one target."""
+    import numpy as np
+
+    from minibert_hf.pairs import mask_rows
+
+    rows = [[CLS_ID, *range(5, 15), SEP_ID] for _ in range(2000)]
+    inputs, labels, counts = mask_rows(rows, 400, 0.15, np.random.default_rng(0))
+    per_row = (labels.reshape(len(rows), -1) != PAD_ID).sum(axis=1)
+    assert set(per_row.tolist()) == {1, 2} and abs(per_row.mean() - 1.5) < 0.05
+    assert counts["targets"] == per_row.sum() and counts["candidates"] == 10 * len(rows)
+    rows = [[CLS_ID, 7, SEP_ID, 8, SEP_ID] for _ in range(500)]
+    inputs, labels, counts = mask_rows(rows, 400, 0.15, np.random.default_rng(1))
+    assert ((labels.reshape(len(rows), -1) != PAD_ID).sum(axis=1) == 1).all()
+
+
+def test_mask_rows_candidates_are_exactly_the_non_special_tokens():
+    """Every id from NUM_SPECIAL up may be a target (the first word id too); special ids never are."""
+    import numpy as np
+
+    from minibert_hf.pairs import mask_rows
+    from minibert_hf.tokenizer import NUM_SPECIAL, UNK_ID
+
+    rows = [[CLS_ID, NUM_SPECIAL, UNK_ID, NUM_SPECIAL, SEP_ID, NUM_SPECIAL, SEP_ID] for _ in range(300)]
+    inputs, labels, counts = mask_rows(rows, 400, 0.3, np.random.default_rng(0))
+    tokens = np.array(rows).ravel()
+    assert counts["candidates"] == 3 * len(rows)
+    assert (labels[labels != PAD_ID] == NUM_SPECIAL).all()
+    assert (labels.reshape(len(rows), -1) != PAD_ID).any(axis=1).all(), "every row has a target"
+    assert (inputs[tokens < NUM_SPECIAL] == tokens[tokens < NUM_SPECIAL]).all()
+
+
+def test_mask_rows_random_replacements_are_any_non_special_id():
+    """With a vocabulary of 3 word ids, the random replacements of id 5 show up as 6 and 7 (both, only those)."""
+    import numpy as np
+
+    from minibert_hf.pairs import mask_rows
+    from minibert_hf.tokenizer import NUM_SPECIAL
+
+    rows = [[CLS_ID, *[NUM_SPECIAL] * 20, SEP_ID] for _ in range(1000)]
+    inputs, labels, counts = mask_rows(rows, NUM_SPECIAL + 3, 0.15, np.random.default_rng(0))
+    targets = labels != PAD_ID
+    replaced = set(inputs[targets & (inputs != MASK_ID) & (inputs != labels)].tolist())
+    assert replaced == {NUM_SPECIAL + 1, NUM_SPECIAL + 2}

@@ -649,6 +649,23 @@ def test_masking_rate_schedule_falls_linearly_over_the_run(data, tmp_path, monke
     assert "mlm_probability_end" in card
 
 
+def test_every_micro_batch_of_every_epoch_draws_from_its_own_random_stream(data, tmp_path, monkeypatch):
+    """Dynamic masks (and dropout) are drawn afresh for each micro-batch of each epoch: no two micro-batches of a
+    run start from the same random state, so a row seen again in a later epoch gets new masks."""
+    states = []
+
+    class RecordingMasker(training.DynamicMasker):
+        def __call__(self, batch, generator=None):
+            states.append(torch.get_rng_state())
+            return super().__call__(batch, generator)
+
+    monkeypatch.setattr(training, "DynamicMasker", RecordingMasker)
+    train(args_for(data, tmp_path / "run", train_file=[str(data / "train16.csv")], batch_size=8, epochs=3,
+                   masking="dynamic", eval_steps=0))
+    assert len(states) == 6  # 2 micro-batches per epoch, 3 epochs
+    assert len({bytes(state.numpy()) for state in states}) == 6
+
+
 def test_whole_word_masking_gives_the_masker_the_tokenizers_continuation_pieces(data, tmp_path, monkeypatch):
     from minibert_hf.tokenizer import continuation_ids, load_tokenizer
 
