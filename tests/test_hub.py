@@ -64,6 +64,50 @@ def _write_png(path: Path) -> Path:
 # ------------------------------------------------------------------------------------------------ card
 
 
+def test_option_names_that_may_hold_a_secret():
+    from minibert_hf.privacy import is_secret_name
+
+    for name in ("hub_token", "HF_TOKEN", "api_key", "db_password", "client_secret", "credentials_file"):
+        assert is_secret_name(name), name
+    for name in ("tokenizer", "tokenizer_path", "max_tokens", "learning_rate", "output_dir"):
+        assert not is_secret_name(name), name
+
+
+def test_known_tokens_are_redacted_from_the_argument_and_the_environment(monkeypatch):
+    from minibert_hf.privacy import redact
+
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_HUB_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    assert redact(f"a {FAKE_TOKEN} b") == f"a {FAKE_TOKEN} b"  # unknown here: nothing to redact
+    assert redact(f"a {FAKE_TOKEN} b", FAKE_TOKEN) == "a <redacted> b"
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_HUB_TOKEN"):
+        monkeypatch.setenv(name, FAKE_TOKEN + name)
+        assert redact(f"x{FAKE_TOKEN + name}y") == "x<redacted>y", name
+    monkeypatch.setenv("HF_TOKEN", "abc")  # too short to be a token: "abc" elsewhere in a card stays
+    assert redact("abcdef") == "abcdef"
+
+
+def test_local_paths_are_those_whose_top_two_folders_exist_here(tmp_path):
+    from minibert_hf.privacy import local_paths
+
+    inside = tmp_path / "corpus" / "notes.txt"
+    top = "/" + tmp_path.parts[1]  # exists here, but a path below it that does not is nobody's folder
+    text = (f"trained on {inside}, cached in {inside.parent} today. See https://example.org{tmp_path}/a and "
+            f"{top}/no-such-folder-here/x.txt, /no/such/place.")
+    assert local_paths(text) == [str(inside), str(inside.parent)]
+
+
+def test_card_redacts_the_token_wherever_it_appears(tmp_path, monkeypatch):
+    """A token that slipped into any field of a run (not only an option named like a secret) is not in the card."""
+    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
+    args = Namespace(preset="tiny", run_name=f"sweep {FAKE_TOKEN}", hub_token=FAKE_TOKEN)
+    stats = {**DEFAULT_STATS, "corpus": f"notes-{FAKE_TOKEN}.txt"}
+    text = write_model_card(tmp_path / "final", config=MiniBertConfig.from_preset("tiny"), data_info=stats,
+                            training_args=args).read_text()
+    assert FAKE_TOKEN not in text and "sweep <redacted>" in text
+
+
+
 def test_card_front_matter_and_real_numbers_from_metrics_jsonl(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
     metrics = tmp_path / "metrics.jsonl"
@@ -329,6 +373,14 @@ def test_push_refused_by_the_hub_is_a_hub_error_without_the_token(trained, monke
     message = str(error.value)
     assert fragment in message and "someone/minibert-test" in message
     assert FAKE_TOKEN not in message and "\n" not in message
+
+
+def test_a_token_given_as_the_repo_id_is_not_echoed_in_the_error(trained, monkeypatch):
+    """Arguments swapped by mistake (the token as the repo id): the Hub's 404 becomes one line without the token."""
+    with serving(type("Handler", (_RefusingHub,), {"status": 404}), monkeypatch):
+        with pytest.raises(HubError) as error:
+            push_to_hub(trained, FAKE_TOKEN, token=FAKE_TOKEN)
+    assert FAKE_TOKEN not in str(error.value) and "<redacted>" in str(error.value)
 
 
 class _LocalHub(http.server.BaseHTTPRequestHandler):

@@ -329,6 +329,21 @@ def test_resuming_a_finished_run_trains_no_further_step(data, tmp_path, monkeypa
     assert "step 5" in card and "step 6" not in card
 
 
+def test_resuming_with_another_batch_layout_is_refused_before_training(data, tmp_path, monkeypatch):
+    """A checkpoint's step counts batches of its own size: resumed with another batch size (or accumulation), the
+    steps would no longer mean the same rows, so the run stops with one line naming both layouts."""
+    out = tmp_path / "run"
+    train(args_for(data, out, max_steps=2, checkpointing_steps=2, eval_steps=0))
+    served = count_training_forwards(monkeypatch)
+    for change in (dict(batch_size=8), dict(gradient_accumulation_steps=2)):
+        reset_accelerate_state()
+        with pytest.raises(UserError, match="was written with batch size 16 x 1 processes x 1 accumulation steps") \
+                as error:
+            train(args_for(data, out, max_steps=4, eval_steps=0, resume_from_checkpoint="latest", **change))
+        assert "this run differs" in str(error.value) and "\n" not in str(error.value)
+    assert served == []
+
+
 @pytest.mark.parametrize("num_batches, processes, accumulation",
                          [(7, 2, 1), (8, 2, 1), (7, 2, 2), (9, 3, 2), (1, 2, 1), (12, 4, 3), (5, 1, 2)])
 def test_step_layout_gives_every_process_count_the_same_steps(num_batches, processes, accumulation):
