@@ -36,9 +36,10 @@ def redact(text: str, token: str | None = None) -> str:
 
 def local_paths(text: str) -> list[str]:
     """The absolute paths in ``text`` that point into this machine's file system (their top two folders exist
-    here), e.g. ``/srv/alice/notes.txt``; ``/abc/def`` that exists nowhere here is not reported."""
+    here), e.g. ``/srv/alice/notes.txt``, also as a ``file:///srv/alice/notes.txt`` URL; ``/abc/def`` that exists
+    nowhere here is not reported."""
     found = []
-    for match in _ABSOLUTE_PATH.finditer(text):
+    for match in _ABSOLUTE_PATH.finditer(text.replace("file://", "file: ")):  # a file URL's path is a local path
         parts = Path(match.group(0)).parts  # ("/", "home", "alice", ...)
         if len(parts) >= 3 and Path(*parts[:3]).exists() and match.group(0) not in found:
             found.append(match.group(0))

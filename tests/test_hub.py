@@ -93,8 +93,8 @@ def test_local_paths_are_those_whose_top_two_folders_exist_here(tmp_path):
     inside = tmp_path / "corpus" / "notes.txt"
     top = "/" + tmp_path.parts[1]  # exists here, but a path below it that does not is nobody's folder
     text = (f"trained on {inside}, cached in {inside.parent} today. See https://example.org{tmp_path}/a and "
-            f"{top}/no-such-folder-here/x.txt, /no/such/place.")
-    assert local_paths(text) == [str(inside), str(inside.parent)]
+            f"{top}/no-such-folder-here/x.txt, /no/such/place. Open file://{inside.with_name('card.md')} to read it")
+    assert local_paths(text) == [str(inside), str(inside.parent), str(inside.with_name("card.md"))]
 
 
 def test_card_redacts_the_token_wherever_it_appears(tmp_path, monkeypatch):
