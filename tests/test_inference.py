@@ -182,6 +182,27 @@ def test_predict_mlm_agrees_with_the_model_logits(loaded):
         assert [p for _, p in mask.candidates] == pytest.approx(expected.values.tolist(), abs=1e-5)
 
 
+def test_predict_mlm_top_k_past_the_vocabulary_gives_every_word_and_no_special_token(loaded):
+    """A top_k larger than the vocabulary lists each ordinary token once, most likely first, and never a special
+    token (not even the ones the model gives more probability than some words)."""
+    model, tokenizer = loaded
+    mask = predict_mlm("the cat sat on the [MASK] .", model, tokenizer, top_k=len(tokenizer) + 10).masks[0]
+    tokens = [token for token, _ in mask.candidates]
+    assert len(tokens) == len(set(tokens)) == len(tokenizer) - len(tokenizer.all_special_ids)
+    assert not set(tokens) & set(tokenizer.all_special_tokens)
+    probabilities = [p for _, p in mask.candidates]
+    assert probabilities == sorted(probabilities, reverse=True) and min(probabilities) >= 0.0
+
+
+def test_an_input_of_exactly_the_models_length_is_accepted(loaded):
+    model, tokenizer = loaded
+    sentence = "the " * 61 + "[MASK]"  # [CLS] + 61 words + [MASK] + [SEP]: 64 tokens, the model's maximum
+    assert len(tokenizer(sentence)["input_ids"]) == model.config.max_position_embeddings == 64
+    assert len(predict_mlm(sentence, model, tokenizer).masks) == 1
+    with pytest.raises(MiniBertInputError, match="65 tokens long"):
+        predict_mlm("the " + sentence, model, tokenizer)
+
+
 def test_word_piece_candidates_are_glued_to_the_word_before():
     from minibert_hf.inference import _fill
 

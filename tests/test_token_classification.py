@@ -13,7 +13,7 @@ import torch
 
 from minibert_hf.errors import MiniBertInputError
 from minibert_hf.finetuning import encode, entity_scores, entity_spans, finetune, scores
-from minibert_hf.finetuning_data import TaggedSentence, load_conll, load_conll2003, load_tagged_dataset
+from minibert_hf.finetuning_data import TaggedSentence, load_conll, load_conll2003, load_tagged_dataset, split_examples
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_inference import load_script, run_script, story_tokenizer  # noqa: E402
@@ -59,6 +59,7 @@ def test_conll_file_keeps_documents_whole_and_reads_the_last_column(tmp_path):
     assert data.label_names == ["O", "B-ANIMAL", "B-PLACE", "I-PLACE"]
     assert len(data.train) + len(data.test) == 24 and len(data.test) == 8  # 2 of the 6 documents
     assert {s.group for s in data.train}.isdisjoint({s.group for s in data.test})
+    assert len({s.group for s in data.train + data.test}) == 6  # a group per document, not per sentence
     first = next(s for s in data.train + data.test if s.tokens[:2] == ["the", "cat"])
     assert first.tags == [0, 1, 0, 0, 0, 2, 0]
     assert data.validation is None and "tags.conll" in data.source and str(tmp_path) not in data.source
@@ -155,6 +156,7 @@ def test_conll2003_comes_from_its_wheel_with_its_three_splits(tmp_path, monkeypa
     (["B-PER", "B-PER", "I-PER"], {("PER", 0, 0), ("PER", 1, 2)}),  # B- starts a new entity
     (["O", "I-ORG", "I-ORG", "I-LOC"], {("ORG", 1, 2), ("LOC", 3, 3)}),  # IOB1 / stray I-: as conlleval
     (["S-PER", "B-LOC", "E-LOC", "O"], {("PER", 0, 0), ("LOC", 1, 2)}),  # BIOES
+    (["B-LOC", "E-LOC", "I-LOC"], {("LOC", 0, 1), ("LOC", 2, 2)}),  # E- ends its entity: I- after it starts anew
     (["PER", "PER", "O", "LOC"], {("PER", 0, 1), ("LOC", 3, 3)}),  # IO, no prefixes
     (["O", "O"], set()),
 ])
@@ -210,22 +212,86 @@ def test_scores_count_words_cut_off_by_truncation_as_outside():
     assert result["accuracy"] == pytest.approx((len(seen) + sum(t == 0 for t in sentence.tags[len(seen):])) / 8)
 
 
+def test_words_cut_off_count_as_the_outside_tag_wherever_it_is_in_the_label_list():
+    """A datasets folder's ClassLabel names may put "O" anywhere (here last): the words past the truncation are
+    predicted as that tag, not as tag 0."""
+    names = ["B-PER", "I-PER", "O"]
+    labels = torch.tensor([[-100, 0, 1, -100]])  # [CLS] ann lee [SEP]; "met the cat" cut off
+    logits = torch.full((1, 4, 3), -5.0)
+    for position, tag in enumerate([2, 0, 1, 2]):
+        logits[0, position, tag] = 5.0
+    result = scores("token-classification", logits, labels, names, [[0, 1, 2, 2, 2]])
+    assert (result["precision"], result["recall"], result["accuracy"]) == (1.0, 1.0, 1.0)
+
+
 # ------------------------------------------------------------------------------------------------ fine-tuning
+
+
+def validation_lines(lines: list[str]) -> list[tuple[float, dict[str, float]]]:
+    """``(epoch, {"loss": .., "accuracy": .., ...})`` per line finetune's ``log`` got, in order."""
+    parsed = []
+    for line in lines:
+        head, _, shown = line.partition(": validation ")
+        parsed.append((float(head.split()[1]), {name: float(value) for name, value in
+                                                 (item.split() for item in shown.split(", "))}))
+    return parsed
 
 
 def test_finetune_tags_entities_and_saves_a_token_classifier(trained, tmp_path):
     data = load_conll(write_conll(tmp_path / "tags.conll", documents=16), test_fraction=0.25, seed=0)
+    lines = []
     result = finetune(trained, data, epochs=8, batch_size=8, learning_rate=3e-3, seed=0,
-                      output_dir=tmp_path / "out", log=None)
+                      output_dir=tmp_path / "out", log=lines.append)
     assert result.task == "token-classification" and result.num_validation > 0
     assert result.f1 >= 0.9 and result.precision >= 0.9 and result.recall >= 0.9
     assert result.accuracy > result.majority_baseline  # better than tagging every word "O"
+    test_tags = [tag for sentence in data.test for tag in sentence.tags]
+    assert result.majority_baseline == test_tags.count(0) / len(test_tags)  # "O", the most common tag
+    # the best epoch is the first with the highest validation entity F1 (not the lowest loss, not the last), and
+    # the weights scored and saved are that epoch's: their validation loss is the one logged for it
+    logged = validation_lines(lines)
+    assert len(logged) == 8
+    best_epoch, best = max(logged, key=lambda entry: entry[1]["f1"])
+    assert result.best_epoch == best_epoch
+    _, validation = split_examples(data.train, test_fraction=0.1, seed=0)
+    assert result.num_validation == len(validation)
     saved = json.loads((tmp_path / "out" / "results.json").read_text())
     assert saved["f1"] == result.f1 and saved["task"] == "token-classification"
     from transformers import AutoModelForTokenClassification
 
     model = AutoModelForTokenClassification.from_pretrained(tmp_path / "out", trust_remote_code=True)
     assert model.config.id2label == {0: "O", 1: "B-ANIMAL", 2: "B-PLACE", 3: "I-PLACE"}
+    from transformers import AutoTokenizer, DataCollatorForTokenClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
+    batch = DataCollatorForTokenClassification(tokenizer)(
+        list(encode("token-classification", validation, tokenizer, max_length=64)))
+    with torch.no_grad():
+        loss = model.eval()(**batch).loss.item()
+    assert loss == pytest.approx(best["loss"], abs=1e-3)
+
+
+def test_validation_scores_use_the_validation_sentences_own_tags(trained, tmp_path, monkeypatch):
+    """Each epoch's validation scoring gets every validation sentence's gold tags (to count the words past
+    max_length), not another split's: one list per validation row, each starting with that row's labelled words."""
+    from minibert_hf import finetuning
+
+    calls, real_scores = [], finetuning.scores
+
+    def recording_scores(task, logits, labels, label_names, sentence_tags=None):
+        calls.append((labels.tolist(), sentence_tags))
+        return real_scores(task, logits, labels, label_names, sentence_tags)
+
+    monkeypatch.setattr(finetuning, "scores", recording_scores)
+    data = load_conll(write_conll(tmp_path / "tags.conll", documents=8), test_fraction=0.25, seed=0)
+    result = finetune(trained, data, epochs=1, batch_size=8, max_length=5, seed=0, log=None)
+    validation, test = calls[:-1], calls[-1]  # one call per epoch, then the test set's
+    assert len(validation) == 1 and len(test[1]) == len(data.test)
+    for labels, sentence_tags in validation:
+        assert len(sentence_tags) == len(labels) == result.num_validation
+        for row_labels, tags in zip(labels, sentence_tags):
+            kept = [tag for tag in row_labels if tag != -100]
+            assert kept == tags[:len(kept)] and len(kept) < len(tags)  # max_length 5: words were cut off
 
 
 def test_finetune_scores_the_words_past_max_length(trained, tmp_path):
@@ -236,6 +302,9 @@ def test_finetune_scores_the_words_past_max_length(trained, tmp_path):
     spans = [entity_spans([data.label_names[t] for t in s.tags]) for s in data.test]
     in_view = sum(last <= 1 for sentence in spans for _, _, last in sentence)
     assert result.recall <= in_view / sum(map(len, spans)) < 1
+    # the majority baseline counts the same words as the accuracy: all of them, not only those in view
+    test_tags = [tag for sentence in data.test for tag in sentence.tags]
+    assert result.majority_baseline == test_tags.count(0) / len(test_tags)
     assert result.settings["learning_rate"] == 3e-3  # no rate given: tagging's own default, not classification's
 
 

@@ -80,6 +80,27 @@ def test_train_tokenizer_accepts_documents_and_rejects_bad_options():
         train_tokenizer(["", "   "], vocab_size=100)
 
 
+def test_min_frequency_keeps_a_word_seen_once_out_of_the_vocabulary():
+    texts = ["the cat sat on the mat"] * 3 + ["a quokka smiled"]
+    assert "quokka" not in train_tokenizer(texts, vocab_size=300).get_vocab()  # min_frequency 2 by default
+    assert "quokka" in train_tokenizer(texts, vocab_size=300, min_frequency=1).get_vocab()
+
+
+def test_a_hash_sign_in_the_text_is_a_word_not_a_continuation_piece():
+    """Whole-word masking reads continuation_ids: "#" (punctuation, a word of its own) must not be one of them,
+    though it starts like the "##" prefix; "###" (a "#" continuing a word) is."""
+    from fixture_tokenizer import fixed_tokenizer
+
+    from minibert_hf.tokenizer import continuation_ids
+
+    tokenizer = fixed_tokenizer(["issue #5 is fixed", "see #12 too"])
+    vocab = tokenizer.get_vocab()
+    assert tokenizer.tokenize("issue #5") == ["issue", "#", "5"]
+    ids = continuation_ids(tokenizer)
+    assert vocab["#"] not in ids and vocab["###"] in ids
+    assert ids == sorted(i for t, i in vocab.items() if t.startswith("##"))
+
+
 def test_load_tokenizer_bad_folders(tmp_path, tokenizer):
     with pytest.raises(MiniBertInputError, match="does not exist"):
         load_tokenizer(tmp_path / "missing")
