@@ -53,6 +53,8 @@ def build_hf_tokenizer(backend, model_max_length: int = DEFAULT_MODEL_MAX_LENGTH
         actual = backend.token_to_id(token)
         if actual != expected:
             raise MiniBertInputError(f"tokenizer has {token} at id {actual}, expected {expected}")
+    # [CLS] A [SEP] B [SEP], B's part of type 1 (transformers 5.24's BertTokenizer sets the same template itself;
+    # this keeps it under any version that does not)
     backend.post_processor = processors.TemplateProcessing(
         single=f"{CLS}:0 $A:0 {SEP}:0",
         pair=f"{CLS}:0 $A:0 {SEP}:0 $B:1 {SEP}:1",
