@@ -80,7 +80,7 @@ def write_model_card(
     data_info = _load_json_like(data_info, "data_info")
     train_rows = _training_rows(training_args)
 
-    name = model_name or (repo_id.split("/")[-1] if repo_id else _default_model_name(folder))
+    name = model_name or (repo_id.split("/")[-1] if repo_id else default_model_name(folder))
     source, licence, attribution, slug = _describe_corpus(data_info)
 
     curve_rel = None
@@ -285,7 +285,7 @@ def _training_rows(training_args):
     return rows
 
 
-def _default_model_name(folder: Path) -> str:
+def default_model_name(folder: Path) -> str:
     """A name for the card: the run folder's name (``outputs/run/final`` -> ``run``), ignoring temporary names."""
     resolved = folder.resolve()
     name = re.split(r"[.\-_]?(?:tmp|partial|incomplete)", resolved.name.lstrip("."), maxsplit=1)[0]

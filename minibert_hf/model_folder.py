@@ -42,11 +42,11 @@ def save_model_folder(model, tokenizer, folder, *, card: dict | bool = True, ext
         for name, text in (extra_files or {}).items():
             write_text(tmp / name, text)
         if card is not False:
-            from .model_card import write_model_card
+            from .model_card import default_model_name, write_model_card
 
             card = dict(card) if isinstance(card, dict) else {}
             curve = card.pop("loss_curve", None)
-            card.setdefault("model_name", folder.resolve().name)
+            card.setdefault("model_name", default_model_name(folder))  # named for the folder, not its temporary
             write_model_card(tmp, config=model.config, loss_curve=curve if curve and Path(curve).is_file() else None,
                              **card)
     return folder

@@ -105,3 +105,19 @@ def test_x_axis_share_puts_runs_of_different_lengths_on_one_scale(tmp_path):
     long = eval_records(write_run(tmp_path / "long", [(150, 0.1, 0.5), (300, 0.2, 0.6), (600, 0.3, 0.7)]))
     assert x_values(short, "share") == [0.5, 1.0] and x_values(long, "share") == [0.25, 0.5, 1.0]
     assert x_values(long, "step") == [150, 300, 600]
+
+
+def test_each_panel_plots_its_own_metric(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    figures = []
+    monkeypatch.setattr(compare_runs, "save_figure", lambda figure, png: figures.append(figure))
+    evals = compare_runs.eval_records(write_run(tmp_path / "a", [(50, 0.10, 0.52), (100, 0.15, 0.61)]))
+    compare_runs.plot([("a", evals)], tmp_path / "runs.png", x_axis="step")
+    [figure] = figures
+    panels = {axis.get_title(): [(line.get_label(), list(line.get_xdata()), list(line.get_ydata()))
+                                 for line in axis.get_lines()] for axis in figure.axes}
+    plt.close(figure)
+    assert panels == {"held-out MLM accuracy": [("a", [50, 100], [0.10, 0.15])],
+                      "held-out NSP accuracy": [("a", [50, 100], [0.52, 0.61])],
+                      "held-out MLM loss": [("a", [50, 100], [6.0 - 0.10, 6.0 - 0.15])]}

@@ -180,6 +180,30 @@ def test_card_without_metrics_or_data(tmp_path):
     assert "![" not in card.text
 
 
+def test_card_shows_each_metric_as_it_is_and_names_the_run(tmp_path):
+    """Accuracies as percentages (a fraction 1.0 is 100%; a number already in percent stays as it is), the
+    evaluation loss rather than a training loss of the same name; an epoch-N folder's card is named after the run."""
+    metrics = {"mlm_accuracy": 24.68, "nsp_accuracy": 1.0, "loss": 9.5, "eval_loss": 5.88, "step": 8}
+    path = write_model_card(tmp_path / "run" / "epoch-2", config=MiniBertConfig.from_preset("tiny"), metrics=metrics)
+    text = path.read_text()
+    assert "| MLM accuracy | 24.68% |" in text and "| NSP accuracy | 100.00% |" in text
+    assert "| Total loss (MLM + NSP) | 5.88 |" in text and "| 9.5 |" not in text
+    assert "# run\n" in text and ModelCard.load(path).data.to_dict()["model-index"][0]["name"] == "run"
+
+
+def test_card_of_the_default_corpus_from_its_dataset_id_alone(tmp_path):
+    """stats.json naming only the default corpus's dataset id: source, licence (with its link) and attribution come
+    from its one description."""
+    text = write_model_card(tmp_path / "m", config=MiniBertConfig.from_preset("tiny"),
+                            data_info={"dataset": DEFAULT_CORPUS_INFO["dataset"]}).read_text()
+    assert f"- Source: {DEFAULT_CORPUS_INFO['source']}" in text
+    assert f"- Licence of the text: {DEFAULT_CORPUS_INFO['license']}" in text
+    assert f"- Attribution: {DEFAULT_CORPUS_INFO['attribution']}" in text
+    stats_text = write_model_card(tmp_path / "n", config=MiniBertConfig.from_preset("tiny"),
+                                  data_info=DEFAULT_STATS).read_text()
+    assert f"- Licence of the text: {DEFAULT_STATS['license']}, {DEFAULT_STATS['license_url']}" in stats_text
+
+
 def test_card_for_user_text_states_its_source_and_licence(tmp_path):
     info = {"source": "notes/a.txt, notes/b.txt", "license": "as provided by the user", "corpus": "text files",
             "documents": 12}

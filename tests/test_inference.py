@@ -396,6 +396,19 @@ def _broken_folders(folder: Path, tmp: Path) -> dict[str, tuple[Path, str]]:
     return cases
 
 
+def test_a_relative_model_folder_is_checked_as_a_folder_here(folder, tmp_path, monkeypatch):
+    """`run/final` reads as a Hub id too; it exists here, so it is checked as a local folder: a broken one is a
+    one-line MiniBertInputError naming what is missing (not a Hub error), and a good one loads."""
+    shutil.copytree(folder, tmp_path / "run" / "final")
+    shutil.copytree(folder, tmp_path / "run" / "broken")
+    (tmp_path / "run" / "broken" / "config.json").unlink()
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(MiniBertInputError, match=r"^run/broken: no config.json"):
+        load_model("run/broken")
+    model, _ = load_model("run/final")
+    assert model.config.model_type == "minibert"
+
+
 def test_predict_cli_bad_model_in_a_real_process(folder, tmp_path):
     # One real process: the one-line error reaches the terminal without a traceback.
     path, fragment = _broken_folders(folder, tmp_path)["corrupted weights"]

@@ -13,6 +13,7 @@ import sys
 import textwrap
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -113,6 +114,31 @@ def test_eval_steps_below_1_are_shares_of_the_run(data, tmp_path):
     assert eval_steps_of(tmp_path / "run") == [2, 4, 6, 8]
     with pytest.raises(UserError, match="--eval-steps must be a whole number"):
         args_for(data, tmp_path / "bad", eval_steps=2.5).check()
+
+
+def fired(every, total_steps, resumed_at=0):
+    """The steps at which EvalSchedule(every) evaluates in a run of `total_steps` steps resumed at `resumed_at`."""
+    due = training.EvalSchedule(every, training.Budget(total_steps, None, None), resumed_at)
+    return [step for step in range(resumed_at + 1, total_steps + 1) if due(step)]
+
+
+def test_eval_schedule_fires_once_per_share_and_not_again_after_a_resume():
+    assert fired(3, 10) == [3, 6, 9] and fired(0, 10) == []
+    assert fired(0.1, 10) == list(range(1, 11))  # 0.3 / 0.1 is 2.9999999999999996 in floats: still at step 3
+    assert fired(0.25, 8) == [2, 4, 6, 8]
+    assert fired(0.25, 8, resumed_at=4) == [6, 8]  # the 50% share passed before the interruption
+    assert fired(0.25, 8, resumed_at=3) == [4, 6, 8]
+
+
+def test_a_time_budget_ends_the_run_at_its_steps_or_its_time_whichever_comes_first(monkeypatch):
+    readings = iter([100.0, 106.0])
+    monkeypatch.setattr(training, "clock", lambda: next(readings))
+    budget = training.Budget(10, 1.0, SimpleNamespace(num_processes=1))  # 10 steps or 60 s
+    budget.start(elapsed_before=24.0)  # resumed after 24 s of training
+    assert budget.progress(5) == 0.5 and budget.progress(2) == 0.4  # by steps, or by time when that is further
+    budget.tick()  # 6 s later
+    assert budget.progress(2) == 0.5 and budget.progress(9) == 0.9 and not budget.done(9) and budget.done(10)
+    assert budget.state({"step": 2}) == {"step": 2, "elapsed_seconds": 30.0}
 
 
 def no_temporary_names(out):
@@ -475,6 +501,63 @@ def test_a_loss_that_stays_nan_stops_training_without_a_final_folder(data, tmp_p
     assert not (out / "final").exists()
 
 
+class RecordingLog:
+    """MetricsLog.write as TrainMeter calls it, recorded."""
+
+    def __init__(self):
+        self.records = []
+
+    def write(self, step, **values):
+        self.records.append({"step": step, **values})
+        return self.records[-1]
+
+
+def meter_for(monkeypatch, logging_steps=1):
+    """A TrainMeter of one process on the CPU, its log, and the clock it reads (`now[0]`, seconds; the test sets it)."""
+    now = [0.0]
+    monkeypatch.setattr(training.time, "perf_counter", lambda: now[0])
+    accelerator = SimpleNamespace(device=torch.device("cpu"), is_main_process=True,
+                                  reduce=lambda tensor, reduction: tensor)
+    options = SimpleNamespace(logging_steps=logging_steps, learning_rate=1e-3, progress=False)
+    log = RecordingLog()
+    return training.TrainMeter(log, accelerator, options, training.Budget(100, None, None), 0), log, now
+
+
+def micro_batch(loss, tokens_per_row):
+    """A forward's losses and its batch, rows padded to 6 positions, as the loop hands them to TrainMeter.add."""
+    mask = torch.tensor([[1] * n + [0] * (6 - n) for n in tokens_per_row])
+    outputs = SimpleNamespace(loss=torch.tensor(loss), mlm_loss=torch.tensor(loss - 0.5), nsp_loss=torch.tensor(0.5))
+    return outputs, {"input_ids": torch.where(mask.bool(), 7, 0), "attention_mask": mask}
+
+
+def test_the_train_log_averages_micro_batches_and_counts_real_tokens_per_second(monkeypatch):
+    meter, log, now = meter_for(monkeypatch)
+    meter.add(*micro_batch(2.0, [6, 3]))  # step 1: two micro-batches (accumulation 2), 14 real tokens in 2 s
+    meter.add(*micro_batch(4.0, [4, 1]))
+    now[0] = 2.0
+    meter.step_done(1, torch.tensor(1.0), 1e-3)
+    meter.add(*micro_batch(1.0, [5, 5]))  # step 2: one micro-batch, 10 real tokens in the next 3 s
+    now[0] = 5.0
+    meter.step_done(2, torch.tensor(1.0), 1e-3)
+    first, second = log.records
+    assert (first["train_loss"], first["train_mlm_loss"], first["train_nsp_loss"]) == (3.0, 2.5, 0.5)
+    assert first["tokens_per_second"] == 14 / 2 and first["skipped_steps"] == 0  # padding is no token
+    assert second["step"] == 2 and second["train_loss"] == 1.0 and second["tokens_per_second"] == 10 / 3
+
+
+def test_only_nonfinite_steps_in_a_row_stop_the_run_and_every_skip_is_counted(monkeypatch):
+    meter, log, _ = meter_for(monkeypatch, logging_steps=0)
+    nan, finite = torch.tensor(float("nan")), torch.tensor(1.0)
+    for step, norm in enumerate([nan, nan, nan, nan, finite, nan, nan, nan, nan, finite], start=1):
+        meter.step_done(step, norm, 1e-3)  # 8 skipped steps, at most 4 in a row: training goes on
+    assert [(r["step"], r["skipped_steps"]) for r in log.records] == [(1, 1), (2, 2), (3, 3), (4, 4), (6, 5), (7, 6),
+                                                                      (8, 7), (9, 8)]
+    for step in range(11, 15):
+        meter.step_done(step, nan, 1e-3)
+    with pytest.raises(TrainingDiverged, match=r"for 5 steps in a row \(step 15\)"):
+        meter.step_done(15, nan, 1e-3)
+
+
 def test_latest_sees_only_complete_checkpoints(tmp_path):
     checkpoints = tmp_path / "checkpoints"
     for name, complete in (("step-2", True), ("step-10", True), ("step-12", False), (".tmp-step-14", True)):
@@ -493,6 +576,10 @@ def test_save_model_folder_replaces_atomically(tmp_path, monkeypatch):
     folder = model_folder.save_model_folder(model, tokenizer, tmp_path / "final",
                                             card={"metrics": {"mlm_accuracy": 0.5}})
     before = (folder / "model.safetensors").read_bytes()
+    # the card is named for the folder as write_model_card names it (a run's final/ by its run), not its temporary
+    for target, name in ((tmp_path / "myrun" / "final", "myrun"), (tmp_path / "mymodel", "mymodel")):
+        card = (model_folder.save_model_folder(model, tokenizer, target) / "README.md").read_text()
+        assert f"\n# {name}\n" in card, card[:300]
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
@@ -520,6 +607,12 @@ def test_save_model_folder_replaces_atomically(tmp_path, monkeypatch):
     (dict(config_overrides="hidden_size"), "--config-overrides: expected key=value"),
     (dict(config_overrides="num_attention_heads=5"), "--config-overrides: MiniBertConfig.hidden_size (32) must be"),
     (dict(config_overrides="layer_norm_position=middle"), "MiniBertConfig.layer_norm_position must be one of"),
+    (dict(eval_steps=-1), "--eval-steps must be a whole number of steps or a share of the run below 1, got -1"),
+    (dict(eval_batch_size=0), "--eval-batch-size must be at least 1, got 0"),
+    (dict(adam_beta2=1.0), "--adam-beta2 must be in (0, 1), got 1.0"),
+    (dict(max_train_minutes=0.0), "--max-train-minutes must be positive, got 0.0"),
+    (dict(init_from="elsewhere", config_overrides="intermediate_size=48"),
+     "--config-overrides applies to a fresh preset, not to --init-from"),
 ])
 def test_bad_options_are_one_clear_line(data, tmp_path, overrides, message):
     with pytest.raises(UserError, match=re.escape(message)) as error:
@@ -537,6 +630,45 @@ def test_config_overrides_change_the_preset_and_reach_the_saved_config(data, tmp
         ("pre", 0.0, 48)
     assert config["hidden_size"] == 32 and config["attention_probs_dropout_prob"] == 0.1  # the rest: as the preset
     assert "layer_norm_position=pre" in (out / "final" / "README.md").read_text()
+
+
+def test_config_overrides_take_the_type_of_each_field_and_the_callers_fields_come_last():
+    from minibert_hf.arguments import parse_config_overrides
+
+    assert parse_config_overrides("use_pooler=true, tie_word_embeddings=False") == \
+        {"use_pooler": True, "tie_word_embeddings": False}
+    assert parse_config_overrides("use_pooler=1,tie_word_embeddings=0") == \
+        {"use_pooler": True, "tie_word_embeddings": False}
+    parsed = parse_config_overrides("classifier_dropout=0.2,intermediate_size=48,hidden_act=relu")
+    assert parsed == {"classifier_dropout": 0.2, "intermediate_size": 48, "hidden_act": "relu"}
+    assert [type(value) for value in parsed.values()] == [float, int, str]  # classifier_dropout: None or a float
+    with pytest.raises(ValueError, match="use_pooler must be bool, got 'yes'"):
+        parse_config_overrides("use_pooler=yes")
+    config = PretrainingArguments(preset="tiny", config_overrides="vocab_size=100,intermediate_size=48").model_config(
+        vocab_size=300)  # the tokenizer's vocabulary, given by train()
+    assert (config.vocab_size, config.intermediate_size) == (300, 48)
+
+
+def test_card_fields_keep_options_set_to_zero_and_name_init_from_by_its_folder_only(tmp_path):
+    args = PretrainingArguments(init_from=str(tmp_path / "private" / "final"), warmup_ratio=0.0, max_grad_norm=0.0,
+                                weight_decay=0.0, train_file=[str(tmp_path / "mine.csv")], output_dir=str(tmp_path))
+    fields = args.card_fields()
+    assert fields["init_from"] == "final" and str(tmp_path) not in json.dumps(fields)
+    assert [fields[k] for k in ("warmup_ratio", "max_grad_norm", "weight_decay", "whole_word_masking")] == \
+        [0.0, 0.0, 0.0, False]  # no clipping, no decay: said, not left for the reader to take as the defaults
+    assert not {"config_overrides", "max_steps", "train_file", "output_dir"} & set(fields)  # unset, or paths
+
+
+def test_the_eval_batch_size_and_the_model_positions_follow_the_options(data, tmp_path):
+    """--eval-batch-size sizes the held-out batches (default: twice --batch-size); a fresh model keeps its preset's
+    positions when the rows are shorter (they only ever grow to the longest row)."""
+    args = args_for(data, tmp_path / "run", eval_batch_size=5)
+    loaded = training.load_data(args)
+    train_dl, eval_dl = training.make_dataloaders(loaded, args)
+    assert (train_dl.batch_size, eval_dl.batch_size) == (16, 5)
+    assert training.make_dataloaders(loaded, args_for(data, tmp_path / "run"))[1].batch_size == 32
+    model, _ = training.build_model(args, loaded)
+    assert loaded["longest"] <= 32 and model.config.max_position_embeddings == 128  # the tiny preset's
 
 
 def test_no_data_prepares_the_default_corpus_once_per_preparation_code(data, tmp_path, monkeypatch):
@@ -751,6 +883,7 @@ def test_a_time_budget_schedules_by_elapsed_time_and_stops_on_time(data, tmp_pat
                             eval_steps=0.4))
     assert result["step"] == 5
     assert eval_steps_of(resumed) == [2, 4, 5]  # 80% had passed before the interruption: not evaluated again
+    assert (resumed / "epoch-1" / "model.safetensors").is_file()  # step 4 ended epoch 1: the resumed run saves it
     logged = [r["step"] for r in read_metrics(resumed) if "learning_rate" in r]
     assert logged == [1, 2, 3, 4, 5]  # steps 1-4 from before the interruption, 5 after it: none trained twice
     assert read_metrics(resumed)[-1]["step"] == 5
