@@ -339,10 +339,10 @@ def finetune(
         trainer.compute_metrics = None  # its tags are the validation sentences'; the test set is scored below
         held_out = trainer.predict(datasets["test"])
     model = trainer.model
-    metrics = scores(task, torch.as_tensor(held_out.predictions), torch.as_tensor(held_out.label_ids),
-                     data.label_names, all_tags(task, data.test))
-    # the majority class over what `metrics` scored: every text, or every word (those past max_length too)
     words = all_tags(task, data.test)
+    metrics = scores(task, torch.as_tensor(held_out.predictions), torch.as_tensor(held_out.label_ids),
+                     data.label_names, words)
+    # the majority class over what `metrics` scored: every text, or every word (those past max_length too)
     truth = ([tag for tags in words for tag in tags] if words is not None
              else torch.as_tensor(held_out.label_ids).flatten().tolist())
     majority = max(truth.count(c) for c in set(truth)) / len(truth)
