@@ -240,7 +240,9 @@ def validation_lines(lines: list[str]) -> list[tuple[float, dict[str, float]]]:
 def test_finetune_tags_entities_and_saves_a_token_classifier(trained, tmp_path):
     data = load_conll(write_conll(tmp_path / "tags.conll", documents=16), test_fraction=0.25, seed=0)
     lines = []
-    result = finetune(trained, data, epochs=8, batch_size=8, learning_rate=3e-3, seed=0,
+    # 12 epochs: with 8, on an AVX2 machine (other float rounding) the epoch chosen on the few validation sentences
+    # (the 4th) scored entity F1 0.79 on the test sentences; with 12 it scores 1.0 there
+    result = finetune(trained, data, epochs=12, batch_size=8, learning_rate=3e-3, seed=0,
                       output_dir=tmp_path / "out", log=lines.append)
     assert result.task == "token-classification" and result.num_validation > 0
     assert result.f1 >= 0.9 and result.precision >= 0.9 and result.recall >= 0.9
@@ -250,7 +252,7 @@ def test_finetune_tags_entities_and_saves_a_token_classifier(trained, tmp_path):
     # the best epoch is the first with the highest validation entity F1 (not the lowest loss, not the last), and
     # the weights scored and saved are that epoch's: their validation loss is the one logged for it
     logged = validation_lines(lines)
-    assert len(logged) == 8
+    assert len(logged) == 12
     best_epoch, best = max(logged, key=lambda entry: entry[1]["f1"])
     assert result.best_epoch == best_epoch
     _, validation = split_examples(data.train, test_fraction=0.1, seed=0)
