@@ -39,6 +39,10 @@ class PretrainingArguments:
                                                      "--mlm-probability at the first step to this at the last")
     whole_word_masking: bool = option(False, "dynamic masking: mask whole words (all the ## pieces of a word "
                                              "or none), as BERT's whole-word-masking models")
+    short_phase_length: int | None = option(None, "train on rows cut to this many tokens for the first "
+                                                   "--short-phase-share of the run, then on whole rows (BERT's "
+                                                   "two phases; the longer sentence of a pair loses tokens)")
+    short_phase_share: float | None = option(None, "share of the run (as the schedules measure it) on cut rows")
     vocab_size: int = option(8192, "vocabulary of the default corpus's tokenizer (default corpus only)")
     max_seq_length: int = option(128, "row length of the default corpus (default corpus only)")
     dupe_factor: int = option(1, "passes over the default corpus's training documents, each with new NSP pairs "
@@ -132,6 +136,12 @@ class PretrainingArguments:
         need(self.mlm_probability_end is None or self.masking == "dynamic",
              "--mlm-probability-end needs --masking dynamic")
         need(not self.whole_word_masking or self.masking == "dynamic", "--whole-word-masking needs --masking dynamic")
+        need((self.short_phase_length is None) == (self.short_phase_share is None),
+             "--short-phase-length and --short-phase-share go together")
+        need(self.short_phase_length is None or self.short_phase_length >= 5,
+             f"--short-phase-length must be at least 5 ([CLS] A [SEP] B [SEP]), got {self.short_phase_length}")
+        need(self.short_phase_share is None or 0 < self.short_phase_share <= 1,
+             f"--short-phase-share must be in (0, 1], got {self.short_phase_share}")
         need(self.masking in MASKING, f"--masking must be static or dynamic, got {self.masking!r}")
         need(self.mixed_precision in (None, *MIXED_PRECISION),
              f"--mixed-precision must be no, bf16 or fp16, got {self.mixed_precision!r}")
@@ -155,6 +165,7 @@ class PretrainingArguments:
         keep = ("preset", "config_overrides", "init_from", "epochs", "max_steps", "max_train_minutes", "batch_size",
                 "gradient_accumulation_steps", "learning_rate", "weight_decay", "adam_beta2", "warmup_ratio",
                 "max_grad_norm", "masking", "mlm_probability", "mlm_probability_end", "whole_word_masking",
+                "short_phase_length", "short_phase_share",
                 "nsp_loss_weight", "mixed_precision", "seed")
         fields = {k: getattr(self, k) for k in keep if getattr(self, k) is not None}
         if "init_from" in fields:

@@ -3,6 +3,8 @@
 :class:`DynamicMasker` draws fresh MLM masks for a collated batch (RoBERTa-style dynamic masking on top of the CSV's
 rows). The training loop calls it on each micro-batch after seeding torch's generator from the micro-batch's
 position in the data, so a resumed run and a run on more processes draw the same masks.
+:func:`truncate_pairs` cuts a collated batch of ``[CLS] A [SEP] B [SEP]`` rows to a shorter length (the training
+loop's short-row phase).
 """
 
 from __future__ import annotations
@@ -50,6 +52,41 @@ def collate_batch(examples: Sequence[dict], pad_to_multiple_of: int | None = Non
         batch["next_sentence_label"] = torch.tensor([int(e["next_sentence_label"]) for e in examples],
                                                     dtype=torch.long)
     return batch
+
+
+def truncate_pairs(batch: dict, max_length: int, pad_to_multiple_of: int | None = None) -> dict:
+    """Cut each ``[CLS] A [SEP] B [SEP]`` row of a collated batch to at most ``max_length`` tokens.
+
+    As BERT's ``truncate_seq_pair``, the longer sentence loses tokens until the pair fits (the shorter one keeps all
+    of its tokens when it fits in half); A loses its first tokens and B its last, so the tokens on either side of
+    the first ``[SEP]``, where "B follows A" shows most, stay. A row with one segment (``[CLS] A [SEP]``) keeps the
+    end of A. Special tokens, labels, segment ids and the NSP label go with their tokens; rows that fit are
+    unchanged. The width is the longest cut row (rounded up to ``pad_to_multiple_of``).
+    """
+    real = batch["attention_mask"].bool()  # (batch, seq)
+    in_b = (batch["token_type_ids"] == 1) & real
+    has_b = in_b.any(dim=1).long()
+    a = ((~in_b & real).sum(dim=1) - 2).clamp(min=0)  # A's tokens, without [CLS] and its [SEP]
+    b = (in_b.sum(dim=1) - has_b).clamp(min=0)  # B's tokens, without the last [SEP]
+    budget = (max_length - 2 - has_b).clamp(min=0)  # room for A and B together
+    fits = a + b <= budget
+    a_kept = torch.where(fits, a, torch.minimum(a, torch.maximum(budget - budget // 2, budget - b)))
+    b_kept = torch.where(fits, b, budget - a_kept)
+    length = a_kept + b_kept + 2 + has_b  # (batch,)
+    width = int(length.max())
+    if pad_to_multiple_of:
+        width = -(-width // pad_to_multiple_of) * pad_to_multiple_of
+    j = torch.arange(width, device=length.device).expand(len(length), width)  # position in the cut row
+    a_, a_kept_, b_kept_ = a[:, None], a_kept[:, None], b_kept[:, None]
+    source = torch.where(j <= a_kept_, j + (a_ - a_kept_) * (j > 0), j + a_ - a_kept_)  # [CLS], A, its [SEP], B
+    source = torch.where(j == a_kept_ + b_kept_ + 2, a_ + b[:, None] + 2, source)  # B's [SEP]
+    keep = j < length[:, None]
+    source = torch.where(keep, source, 0)
+    cut = dict(batch)
+    for key, pad in (("input_ids", PAD_ID), ("token_type_ids", 0), ("attention_mask", 0), ("labels", -100)):
+        if key in batch:
+            cut[key] = torch.where(keep, batch[key].gather(1, source), torch.full_like(source, pad))
+    return cut
 
 
 class DynamicMasker:

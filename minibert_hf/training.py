@@ -4,6 +4,7 @@ One loop runs on a laptop CPU (`python scripts/pretrain.py`), on one GPU or on m
 
     for each epoch, for each micro-batch:
         seed the micro-batch (dropout, dynamic masks)      <- a pure function of (seed, epoch, micro-batch number)
+        in the short-row phase (--short-phase-*): cut its rows; dynamic masking: draw its masks
         forward, backward (loss weighted by 1/#micro-batches of its step; gradients sync at the step's last one)
         at the step's last micro-batch: clip, step (unless the gradient is NaN/inf), schedule, zero
         every --logging-steps: metrics.jsonl;  every --eval-steps: evaluate;  every --checkpointing-steps: save_state
@@ -38,7 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from .checkpoints import check_output_dir, clear_previous_run, resume, save_checkpoint
-from .collator import DynamicMasker, collate_batch
+from .collator import DynamicMasker, collate_batch, truncate_pairs
 from .errors import MiniBertInputError, TrainingDiverged, UserError
 from .metrics_log import MetricsLog, write_loss_curve
 from .tokenizer import MASK_ID, continuation_ids
@@ -128,6 +129,8 @@ def train(args) -> dict:
             if not real:  # this process has no micro-batch left for this step: a stand-in that counts for nothing
                 batch = stand_in
             torch.manual_seed(micro_batch_seed(args.seed, epoch, micro_batch))  # dropout and dynamic masks
+            if args.short_phase_length and budget.progress(global_step) < args.short_phase_share:
+                batch = truncate_pairs(batch, args.short_phase_length, COMPILE_LENGTH_STEP if args.compile else None)
             if masker is not None:
                 masker.mlm_probability = mlm_probability_at(budget.progress(global_step), args.mlm_probability,
                                                             args.mlm_probability_end)

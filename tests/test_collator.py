@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from minibert_hf.collator import DynamicMasker, collate_batch
+from minibert_hf.collator import DynamicMasker, collate_batch, truncate_pairs
 from minibert_hf.pretraining_csv import load_pretraining_csv
 from minibert_hf.tokenizer import CLS_ID, MASK_ID, PAD_ID, SEP_ID
 
@@ -146,3 +146,51 @@ def test_continuation_ids_are_the_tokenizers_word_pieces():
 def test_pad_to_multiple_of_keeps_a_width_that_already_is_one():
     assert collate_batch(EXAMPLES, pad_to_multiple_of=3)["input_ids"].shape == (2, 6)
     assert collate_batch(EXAMPLES, pad_to_multiple_of=4)["input_ids"].shape == (2, 8)
+
+
+def _pair_row(a: int, b: int | None) -> dict:
+    """[CLS] A [SEP] B [SEP] with A = 100, 101, ... and B = 200, 201, ... (b None: no B); ids divisible by 3 are
+    targets."""
+    ids = [CLS_ID, *range(100, 100 + a), SEP_ID] + ([] if b is None else [*range(200, 200 + b), SEP_ID])
+    types = [0] * (a + 2) + ([] if b is None else [1] * (b + 1))
+    return {"input_ids": ids, "token_type_ids": types, "labels": [x if x >= 100 and x % 3 == 0 else -100 for x in ids],
+            "next_sentence_label": i % 2 if (i := a + (b or 0)) else 0}
+
+
+def _bert_truncation(a: int, b: int | None, max_length: int) -> list[int]:
+    """BERT's truncate_seq_pair, one token at a time: the longer sentence loses one (A its first, B its last)."""
+    first, second = list(range(100, 100 + a)), None if b is None else list(range(200, 200 + b))
+    room = max_length - 2 - (second is not None)
+    while len(first) + len(second or []) > room:
+        if second is None or len(first) > len(second):
+            first.pop(0)
+        else:
+            second.pop()
+    return [CLS_ID, *first, SEP_ID] + ([] if second is None else [*second, SEP_ID])
+
+
+def test_truncate_pairs_cuts_the_longer_sentence_as_bert_does_and_keeps_what_fits():
+    rng = random.Random(0)
+    for _ in range(300):
+        max_length = rng.randint(5, 40)
+        shapes = [(rng.randint(0, 30), rng.choice([None, *range(30)])) for _ in range(4)]
+        batch = collate_batch([_pair_row(a, b) for a, b in shapes])
+        cut = truncate_pairs(batch, max_length, pad_to_multiple_of=rng.choice([None, 8]))
+        lengths = cut["attention_mask"].sum(1).tolist()
+        for row, ((a, b), n) in enumerate(zip(shapes, lengths)):
+            expected = _bert_truncation(a, b, max_length)
+            assert cut["input_ids"][row, :n].tolist() == expected
+            assert cut["attention_mask"][row].tolist() == [1] * n + [0] * (cut["input_ids"].shape[1] - n)
+            second = expected.index(SEP_ID) + 1  # B starts after A's [SEP]
+            assert cut["token_type_ids"][row].tolist() == [0] * second + [1] * (n - second) + [0] * (
+                cut["input_ids"].shape[1] - n)
+            labels = cut["labels"][row]  # a target stays with its token, padding is never one
+            assert labels[:n].tolist() == [x if x >= 100 and x % 3 == 0 else -100 for x in expected]
+            assert (labels[n:] == -100).all() and (cut["input_ids"][row, n:] == PAD_ID).all()
+        assert cut["next_sentence_label"].equal(batch["next_sentence_label"])
+        width = cut["input_ids"].shape[1]
+        assert width == max(lengths) or (width % 8 == 0 and width - max(lengths) < 8)
+        fits = [i for i, n in enumerate(batch["attention_mask"].sum(1).tolist()) if n <= max_length]
+        for row in fits:  # a row that fits is unchanged
+            n = lengths[row]
+            assert cut["input_ids"][row, :n].equal(batch["input_ids"][row, :n])

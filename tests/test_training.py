@@ -611,6 +611,9 @@ def test_save_model_folder_replaces_atomically(tmp_path, monkeypatch):
     (dict(eval_batch_size=0), "--eval-batch-size must be at least 1, got 0"),
     (dict(adam_beta2=1.0), "--adam-beta2 must be in (0, 1), got 1.0"),
     (dict(max_train_minutes=0.0), "--max-train-minutes must be positive, got 0.0"),
+    (dict(short_phase_length=64), "--short-phase-length and --short-phase-share go together"),
+    (dict(short_phase_length=4, short_phase_share=0.5), "--short-phase-length must be at least 5"),
+    (dict(short_phase_length=64, short_phase_share=0.0), "--short-phase-share must be in (0, 1], got 0.0"),
     (dict(init_from="elsewhere", config_overrides="intermediate_size=48"),
      "--config-overrides applies to a fresh preset, not to --init-from"),
 ])
@@ -794,6 +797,22 @@ def test_masking_rate_schedule_falls_linearly_over_the_run(data, tmp_path, monke
     assert [round(p, 6) for p in seen] == [0.4, 0.4, 0.325, 0.325, 0.25, 0.25, 0.175, 0.175]  # micro-batches
     card = (tmp_path / "run" / "final" / "README.md").read_text()
     assert "mlm_probability_end" in card
+
+
+def test_the_short_row_phase_cuts_the_rows_of_the_first_share_of_the_run_only(data, tmp_path, monkeypatch):
+    longest = []
+
+    class RecordingMasker(training.DynamicMasker):
+        def __call__(self, batch, generator=None):
+            longest.append(int(batch["attention_mask"].sum(1).max()))
+            return super().__call__(batch, generator)
+
+    monkeypatch.setattr(training, "DynamicMasker", RecordingMasker)
+    train(args_for(data, tmp_path / "run", max_steps=4, gradient_accumulation_steps=2, masking="dynamic",
+                   short_phase_length=9, short_phase_share=0.5))
+    assert len(longest) == 8 and max(longest[:4]) <= 9 < min(longest[4:])  # steps 1-2 cut, 3-4 whole
+    card = (tmp_path / "run" / "final" / "README.md").read_text()
+    assert "short_phase_length" in card and "short_phase_share" in card
 
 
 def test_every_micro_batch_of_every_epoch_draws_from_its_own_random_stream(data, tmp_path, monkeypatch):
