@@ -32,7 +32,7 @@ pretrain: $(STAMP)
 		--config-overrides num_hidden_layers=2 --output-dir $(OUTPUT) --overwrite-output-dir --dupe-factor 3 \
 		--max-train-minutes 8 --epochs 20 --batch-size 16 --learning-rate 2e-3 --warmup-ratio 0.06 \
 		--adam-beta2 0.98 --masking dynamic --mlm-probability 0.3 --mlm-probability-end 0.15 \
-		--short-phase-length 64 --short-phase-share 0.9 --eval-steps 0.25 --checkpointing-steps 1000
+		--short-phase-length 64 --short-phase-share 0.75 --eval-steps 0.25 --checkpointing-steps 1000
 
 # On a machine with CUDA: the bench and bert-base shapes in bf16, eager and compiled (README, "Speed").
 # Without CUDA it says so in one line and exits 0.
