@@ -154,7 +154,7 @@ def _pair_row(a: int, b: int | None) -> dict:
     ids = [CLS_ID, *range(100, 100 + a), SEP_ID] + ([] if b is None else [*range(200, 200 + b), SEP_ID])
     types = [0] * (a + 2) + ([] if b is None else [1] * (b + 1))
     return {"input_ids": ids, "token_type_ids": types, "labels": [x if x >= 100 and x % 3 == 0 else -100 for x in ids],
-            "next_sentence_label": i % 2 if (i := a + (b or 0)) else 0}
+            "next_sentence_label": (a + (b or 0)) % 2}
 
 
 def _bert_truncation(a: int, b: int | None, max_length: int) -> list[int]:
